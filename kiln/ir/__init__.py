@@ -1,0 +1,1 @@
+"""kiln's IR: types, the SSA graph, op definitions, text format, verifier and interpreter."""

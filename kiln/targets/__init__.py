@@ -1,0 +1,1 @@
+"""Targets: toolchains, builds, runs, caches and cost models."""
