@@ -7,7 +7,7 @@ carries that node's source line.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -25,8 +25,10 @@ class Builder:
     """Creates ops at an insertion point; `loc` is stamped on ops created without one."""
 
     def __init__(self, block: Block, *, before: Op | None = None,
-                 module: Module | None = None, loc: Location = UNKNOWN) -> None:
+                 module: Module | None = None, loc: Location = UNKNOWN,
+                 on_insert: Callable[[Op], None] | None = None) -> None:
         self.block = block
+        self.on_insert = on_insert
         self.before = before
         self.module = module
         self.loc = loc
@@ -51,6 +53,8 @@ class Builder:
             self.loc = saved
 
     def insert(self, op: Op) -> Op:
+        if self.on_insert is not None:
+            self.on_insert(op)
         if self.before is not None:
             return self.block.insert_before(self.before, op)
         return self.block.append(op)

@@ -27,15 +27,10 @@ class Rewriter:
 
     def builder_before(self, op: Op) -> Builder:
         """A builder inserting before `op`, stamping `op`'s location on what it creates."""
-        builder = Builder.before_op(op, self.module)
-        insert = builder.insert
-
-        def tracked(new: Op) -> Op:
-            self.created.append(new)
-            return insert(new)
-
-        builder.insert = tracked  # type: ignore[method-assign]
-        return builder
+        if op.block is None:
+            raise op.error("is not in a block")
+        return Builder(op.block, before=op, module=self.module, loc=op.loc,
+                       on_insert=self.created.append)
 
     def replace_uses(self, old: Value, new: Value) -> None:
         if old.type != new.type:

@@ -35,7 +35,7 @@ class Constant(OpDef):
 
     NAME = "kiln.constant"
     OPERANDS = ()
-    value: Dense = Dense.of(np.float32(0))
+    value: Dense = Dense.of(np.zeros((), np.float32))
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         return (self.value.type,)

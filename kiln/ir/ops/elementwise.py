@@ -58,10 +58,14 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b)
 
 
+def _class_name(op_name: str) -> str:
+    return op_name.title().replace("_", "")
+
+
 def _binary(name: str, fn: Callable[..., np.ndarray], doc: str) -> type[BinaryOp]:
-    cls = dataclass(frozen=True)(type(name.title().replace("_", ""), (BinaryOp,), {
-        "NAME": f"kiln.{name}", "FN": staticmethod(fn), "__doc__": doc,
-        "__module__": __name__}))
+    body = {"NAME": f"kiln.{name}", "FN": staticmethod(fn), "__doc__": doc,
+            "__module__": __name__}
+    cls: type[BinaryOp] = dataclass(frozen=True)(type(_class_name(name), (BinaryOp,), body))
     return register_op(cls)
 
 
@@ -128,9 +132,9 @@ _UNARY: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str, bool]] = {
 
 def _unary(name: str, fn: Callable[[np.ndarray], np.ndarray], doc: str,
            float_only: bool) -> type[UnaryOp]:
-    cls = dataclass(frozen=True)(type(name.title().replace("_", ""), (UnaryOp,), {
-        "NAME": f"kiln.{name}", "apply": lambda self, x: fn(x), "FLOAT_ONLY": float_only,
-        "__doc__": doc, "__module__": __name__}))
+    body = {"NAME": f"kiln.{name}", "apply": lambda self, x: fn(x), "FLOAT_ONLY": float_only,
+            "__doc__": doc, "__module__": __name__}
+    cls: type[UnaryOp] = dataclass(frozen=True)(type(_class_name(name), (UnaryOp,), body))
     return register_op(cls)
 
 
