@@ -26,7 +26,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 bench: venv
-	MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 $(PY) bench/passes.py
+	MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 $(PY) bench/frontend.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

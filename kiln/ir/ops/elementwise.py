@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from scipy.special import erf as _erf
 
 from kiln.ir.ops.base import OpDef, fail, register_op
 from kiln.ir.types import TensorType
@@ -106,7 +107,6 @@ def _wide(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.n
     return lambda x: fn(x.astype(np.float64))
 
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 _UNARY: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str, bool]] = {
     "neg": (np.negative, "Elementwise -x.", False),
