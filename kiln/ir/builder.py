@@ -74,7 +74,7 @@ class Builder:
         """Store `array` in the module under a unique name and reference it."""
         if self.module is None:
             raise KilnError("Builder.weight needs the builder's module")
-        array = np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array).reshape(np.shape(array))
         symbol = self.module.add_weight(name, array)
         ttype = TensorType(array.shape, dtype_from_numpy(array.dtype))
         return self.add(Weight(name=symbol, type=ttype), name=value_name or symbol, loc=loc)

@@ -296,7 +296,7 @@ class Module:
         unique, n = base, 1
         while unique in self.weights:
             unique, n = f"{base}.{n}", n + 1
-        self.weights[unique] = np.ascontiguousarray(array)
+        self.weights[unique] = np.ascontiguousarray(array).reshape(np.shape(array))
         return unique
 
     # -- inspection -------------------------------------------------------------------------

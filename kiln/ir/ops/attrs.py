@@ -22,7 +22,8 @@ class Dense:
 
     @staticmethod
     def of(array: np.ndarray | float | int) -> Dense:
-        arr = np.ascontiguousarray(np.asarray(array))
+        arr = np.asarray(array)
+        arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d 1-d
         return Dense(arr.tobytes(), arr.dtype.str, tuple(arr.shape))
 
     @property
