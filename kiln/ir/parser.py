@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+import kiln.ir.ops  # noqa: F401  (registers every op family the text may name)
 from kiln.errors import KilnError
 from kiln.ir.graph import Block, Func, Module, Op, Value
 from kiln.ir.lexer import (
@@ -28,7 +29,6 @@ from kiln.ir.lexer import (
     read_type,
 )
 from kiln.ir.location import UNKNOWN, Location
-import kiln.ir.ops  # noqa: F401  (registers every op family the text may name)
 from kiln.ir.ops.base import OpDef, all_ops, lookup_op
 from kiln.ir.ops.core import Return, Weight
 from kiln.ir.printer import attribute_types, union_members
