@@ -169,6 +169,9 @@ class _Checker:
             return
         if op.region.parent is not op:
             self.report(op, "region.parent does not point at the op")
+        if op.kind.ISOLATED_FROM_ABOVE:
+            self.isolated(op)
+            defined = set()
         self.block(op.region, defined, Yield)
         term = op.region.terminator
         if term is None or not term.isa(Yield):
@@ -179,6 +182,12 @@ class _Checker:
         if yielded != results:
             self.report(op, f"region yields {_types(yielded)} but the op's results are "
                             f"{_types(results)}")
+
+    def isolated(self, op: Op) -> None:
+        """An isolated region reads outer values only through its arguments."""
+        assert op.region is not None
+        if [v.type for v in op.region.args] != [v.type for v in op.operands]:
+            self.report(op, "region argument types differ from the operand types")
 
     # -- semantics ---------------------------------------------------------------------------
     def types(self, op: Op) -> None:

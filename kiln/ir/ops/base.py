@@ -34,6 +34,8 @@ class OpDef:
     NUM_RESULTS: ClassVar[int | None] = 1
     """How many results; None when an attribute decides (e.g. `split`)."""
     HAS_REGION: ClassVar[bool] = False
+    ISOLATED_FROM_ABOVE: ClassVar[bool] = False
+    """Region ops whose body sees outer values only through its block arguments."""
     SIDE_EFFECTS: ClassVar[bool] = False
     """True for ops DCE/CSE must keep (return); everything else is pure."""
 
@@ -48,6 +50,13 @@ class OpDef:
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
         """The executable spec: NumPy results for NumPy operands of the operand types."""
         raise NotImplementedError(f"{self.NAME} has no reference implementation")
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`reference` given the operand types too: callers that know them (the interpreter,
+        constant folding) call this, because some ops read their operand's type (dequantize
+        needs the input's scale and zero point). Defaults to `reference`."""
+        return self.reference(*args)
 
     # -- helpers ---------------------------------------------------------------------------
     @classmethod
