@@ -90,7 +90,7 @@ class _Runner:
             inner.update(zip(op.region.args, args))
             return self.run_block(op.region, inner, top=False)
         try:
-            return list(op.kind.reference(*args))
+            return list(op.kind.reference_typed([v.type for v in op.operands], *args))
         except KilnError as exc:
             raise InterpretError(diagnostics=[Diagnostic(d.message, op_name=op.name, loc=op.loc)
                                               for d in exc.diagnostics]) from None
