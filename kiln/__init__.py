@@ -30,10 +30,12 @@ def trace(model: Any, example_inputs: Any) -> Module:
     return _trace(model, example_inputs)
 
 
-def import_onnx(path_or_model: Any) -> Module:
-    """Import an ONNX model (a path, bytes or an `onnx.ModelProto`) into a kiln Module."""
+def import_onnx(path_or_model: Any,
+                input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Module:
+    """Import an ONNX model (a path, bytes or an `onnx.ModelProto`) into a kiln Module;
+    `input_shapes` pins inputs whose dimensions are symbolic."""
     from kiln.frontend.onnx_import import import_onnx as _import
-    return _import(path_or_model)
+    return _import(path_or_model, input_shapes=input_shapes)
 
 
 def export_onnx(module: Module, path: str | Path) -> None:
