@@ -459,7 +459,7 @@ def test_reference_matches_torch(c: Case) -> None:
 
 def test_every_op_has_a_reference_test() -> None:
     tested = {c.op.NAME for c in CASES}
-    registered = set(all_ops())
+    registered = {name for name in all_ops() if not name.startswith("kiln.test_")}  # test-only ops
     missing = registered - tested - set(EXCLUDED)
     assert not missing, f"ops without a reference test: {sorted(missing)}"
     assert not tested - registered, "tests name unregistered ops"
