@@ -7,6 +7,7 @@ kiln weights under the same names.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +23,11 @@ _TENSOR_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSO
 def capture_export(model: torch.nn.Module, args: tuple[torch.Tensor, ...],
                    arg_names: Sequence[str]) -> Captured:
     """Export `model` on `args` and decompose to the ops kiln converts."""
-    program = torch.export.export(model, args)
-    program = program.run_decompositions(decomposition_table())
+    with warnings.catch_warnings():
+        # torch's own pytree code warns about its own deprecated LeafSpec use: not the user's
+        warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+        program = torch.export.export(model, args)
+        program = program.run_decompositions(decomposition_table())
     return Captured(graph=program.graph, inputs=_inputs(program, arg_names),
                     outputs=_outputs(program), owner=program.graph_module, method="export")
 
