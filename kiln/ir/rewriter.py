@@ -22,7 +22,8 @@ class Rewriter:
     def __init__(self, module: Module) -> None:
         self.module = module
         self.changes = 0
-        self.erased: set[int] = set()
+        self.erased: set[Op] = set()
+        """Erased ops themselves (not ids: a freed op's id can be reused by a new op)."""
         self.created: list[Op] = []
 
     def builder_before(self, op: Op) -> Builder:
@@ -49,7 +50,7 @@ class Rewriter:
 
     def erase_op(self, op: Op) -> None:
         op.erase()
-        self.erased.add(id(op))
+        self.erased.add(op)
         self.changes += 1
 
     def modify(self, op: Op, **attrs: object) -> None:
@@ -79,7 +80,7 @@ def apply_patterns(module: Module, patterns: Sequence[Pattern], func: Func | Non
             steps += 1
             if steps > max_iterations:
                 raise KilnError("rewrite patterns did not converge", hint="a pattern keeps firing")
-            if id(op) in rewriter.erased or op.block is None:
+            if op in rewriter.erased or op.block is None:
                 continue
             for pattern in patterns:
                 before = len(rewriter.created)
@@ -89,7 +90,7 @@ def apply_patterns(module: Module, patterns: Sequence[Pattern], func: Func | Non
                     worklist.extend(rewriter.created[before:])
                     worklist.extend(users)
                     worklist.extend(operands)
-                    if id(op) not in rewriter.erased:
+                    if op not in rewriter.erased:
                         worklist.append(op)
                     break
     return rewriter.changes

@@ -8,5 +8,8 @@ from kiln.passes import (  # noqa: F401  (imported for their registrations)
     canonicalize,
     cse,
     dce,
+    decompose,
+    fold_batchnorm,
     fold_constants,
+    layout,
 )
