@@ -354,6 +354,7 @@ def make_op(kind: OpDef, operands: Sequence[Value], loc: Location = UNKNOWN,
         try:
             result_types = kind.infer_type([v.type for v in operands])
         except OpError as exc:
-            raise KilnError(diagnostics=[Diagnostic(d.message, op_name=kind.NAME, loc=loc,
-                                                    hint=d.hint) for d in exc.diagnostics]) from None
+            diagnostics = [Diagnostic(d.message, op_name=kind.NAME, loc=loc, hint=d.hint)
+                           for d in exc.diagnostics]
+            raise KilnError(diagnostics=diagnostics) from None
     return Op(kind, operands, result_types, loc, names, region)
