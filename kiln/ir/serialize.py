@@ -34,10 +34,15 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
 
 
 def save_module(module: Module, path: str | os.PathLike[str]) -> None:
-    """Write `path` (the text) and its `.npz` (all of `module.weights`, possibly none)."""
+    """Write `path` (the text) and its `.npz` (all of `module.weights`, possibly none).
+
+    A path without a suffix gets `.kir` (`save("out/net")` writes `net.kir` and `net.npz`).
+    """
     target = Path(path)
     if target.suffix == ".npz":
         raise KilnError(f"save the module to a .kir path, not {target}: the .npz holds weights")
+    if target.suffix == "":
+        target = target.with_suffix(".kir")
     text = module.to_text()
     _atomic_write(target, lambda f: f.write(text.encode("utf-8")))
     _atomic_write(weights_path(target), lambda f: _write_npz(f, module.weights))

@@ -11,5 +11,6 @@ from kiln.passes import (  # noqa: F401  (imported for their registrations)
     decompose,
     fold_batchnorm,
     fold_constants,
+    fuse,
     layout,
 )

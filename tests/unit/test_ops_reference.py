@@ -423,6 +423,10 @@ EXCLUDED = {
     "kiln.dequantize": "quantized semantics are tested against their own bit-exact rules",
     "kiln.requantize": "quantized semantics are tested against their own bit-exact rules",
     "kiln.fused": "runs its region: tested by the fuse pass tests (bit-exact vs its body)",
+    "kiln.conv2d_nhwc": "NHWC twin defined by conv2d: tested in test_layout.py against torch",
+    "kiln.max_pool2d_nhwc": "NHWC twin defined by max_pool2d: tested in test_layout.py",
+    "kiln.avg_pool2d_nhwc": "NHWC twin defined by avg_pool2d: tested in test_layout.py",
+    "kiln.adaptive_avg_pool2d_nhwc": "NHWC twin of adaptive_avg_pool2d: tested in test_layout.py",
 }
 
 

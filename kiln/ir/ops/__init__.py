@@ -1,11 +1,22 @@
 """Every op family, imported explicitly so that importing `kiln.ir.ops` registers all ops.
 
 One family per module: core (weight, constant, cast, return), elementwise, nn_conv, nn_pool,
-nn_norm, shape, reduce, quant, fused. `all_ops()` lists what is registered.
+nn_norm, shape, reduce, quant, fused, layout (NHWC twins). `all_ops()` lists what is registered.
 """
 
-from kiln.ir.ops import core, elementwise, fused, nn_conv, nn_norm, nn_pool, quant, reduce, shape
+from kiln.ir.ops import (
+    core,
+    elementwise,
+    fused,
+    layout,
+    nn_conv,
+    nn_norm,
+    nn_pool,
+    quant,
+    reduce,
+    shape,
+)
 from kiln.ir.ops.base import OpDef, all_ops, lookup_op, register_op
 
-__all__ = ["OpDef", "all_ops", "core", "elementwise", "fused", "lookup_op", "nn_conv",
+__all__ = ["OpDef", "all_ops", "core", "elementwise", "fused", "layout", "lookup_op", "nn_conv",
            "nn_norm", "nn_pool", "quant", "reduce", "register_op", "shape"]
