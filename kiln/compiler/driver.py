@@ -1,30 +1,32 @@
 """`kiln.compile`: model in, `CompiledModel` out.
 
-The driver picks the frontend, runs the target's pipeline through the pass manager and hands
-the optimized IR to the target. Until code-generating targets exist, the only target is
-`reference`, which runs the optimized IR in kiln's interpreter: slow, but exactly the semantics
-every later target is checked against.
+The driver picks the frontend, runs the target's pipeline through the pass manager, and hands
+the optimized IR to the target's `build`. It also owns what is common to every target: turning
+torch/NumPy inputs into arrays and back, and checking the artifact against the source model on
+the example inputs for the report.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kiln.compiler.frontend_dispatch import to_module
-from kiln.errors import KilnError
 from kiln.ir.graph import Module
-from kiln.ir.interpret import interpret, to_numpy
-from kiln.ir.ops.core import Weight
+from kiln.ir.interpret import to_numpy
+from kiln.ir.ops.core import Constant, Return, Weight
+from kiln.targets.target import Artifact, get_target
 
-TARGET_PIPELINES: dict[str, str] = {"reference": "default"}
-"""Each target's default pipeline (named pipelines live in `compiler/pipelines.py`)."""
+PASS_OPTIONS = ("calibration_data", "sample_inputs", "print_ir_after", "print_ir_after_change",
+                "output", "verify", "check_numerics", "numerics_inputs", "numerics_rtol",
+                "dump_dir", "time_passes", "reproducer_dir")
+"""`kiln.compile` options that go to the pass manager; every other option goes to the target."""
 
 
 def _as_tuple(inputs: Any) -> tuple[Any, ...]:
@@ -35,11 +37,13 @@ def _as_tuple(inputs: Any) -> tuple[Any, ...]:
     return (inputs,)
 
 
-def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want| / max |want| (floored at 1e-12): one number per output."""
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want| (floored at 1e-12): the accuracy figure of every report."""
+    if want.size == 0:
+        return 0.0
     want64 = want.astype(np.float64)
-    diff = np.max(np.abs(got.astype(np.float64) - want64)) if want.size else 0.0
-    return float(diff / max(float(np.max(np.abs(want64))) if want.size else 0.0, 1e-12))
+    diff = float(np.max(np.abs(got.astype(np.float64) - want64)))
+    return diff / max(float(np.max(np.abs(want64))), 1e-12)
 
 
 @dataclass
@@ -49,20 +53,48 @@ class CompiledModel:
     ir: Module
     target: str
     pipeline: str
-    runner: Callable[..., list[np.ndarray]]
-    files: dict[str, str] = field(default_factory=dict)
+    artifact: Artifact
     compile_seconds: float = 0.0
-    reference_outputs: list[np.ndarray] | None = None
+    source_outputs: list[np.ndarray] | None = None
     example_inputs: tuple[Any, ...] = ()
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Generated file name → source text."""
+        return self.artifact.files
 
     def __call__(self, *inputs: Any) -> Any:
         """Run the compiled model; torch inputs give torch outputs, NumPy inputs NumPy ones."""
-        outs = self.runner(*inputs)
+        outs = self.artifact.run(*[to_numpy(x) for x in inputs])
         if inputs and type(inputs[0]).__module__.startswith("torch"):
             import torch
             tensors = [torch.from_numpy(np.ascontiguousarray(o)) for o in outs]
             return tensors[0] if len(tensors) == 1 else tuple(tensors)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def report(self) -> dict[str, Any]:
+        """Op counts, parameters, compile time, accuracy vs the source, and the target's own."""
+        weights = [op.kind for op in self.ir.walk() if isinstance(op.kind, Weight)]
+        skip = (Weight, Constant, Return)
+        out: dict[str, Any] = {
+            "target": self.target,
+            "pipeline": self.pipeline,
+            "ops": sum(1 for op in self.ir.main.ops if not op.isa(skip)),
+            "op_counts": self.ir.op_counts(),
+            "parameters": sum(w.type.numel for w in weights),
+            "weight_bytes": sum(w.type.numel * w.type.numpy_dtype.itemsize for w in weights),
+            "compile_seconds": round(self.compile_seconds, 4),
+        }
+        if self.source_outputs is not None:
+            got = self.artifact.run(*[to_numpy(x) for x in self.example_inputs])
+            out["max_rel_error_vs_source"] = max(
+                (rel_error(g, w) for g, w in zip(got, self.source_outputs)), default=0.0)
+        out.update(self.artifact.report())
+        return out
+
+    def export(self, directory: str | Path) -> Path:
+        """Write what a user needs to use the model without kiln (target-specific)."""
+        return self.artifact.export(Path(directory))
 
     def save(self, directory: str | Path) -> Path:
         """Write the optimized IR (`model.kir` + `.npz`), generated files and `report.json`."""
@@ -71,28 +103,9 @@ class CompiledModel:
         self.ir.save(out / "model.kir")
         for name, text in self.files.items():
             if name != "model.kir":
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
                 (out / name).write_text(text)
         (out / "report.json").write_text(json.dumps(self.report(), indent=2, sort_keys=True))
-        return out
-
-    def report(self) -> dict[str, Any]:
-        """Op counts, parameters, compile time and accuracy against the source model."""
-        weights = [op.kind for op in self.ir.walk() if isinstance(op.kind, Weight)]
-        params = sum(w.type.numel for w in weights)
-        out: dict[str, Any] = {
-            "target": self.target,
-            "pipeline": self.pipeline,
-            "ops": sum(n for name, n in self.ir.op_counts().items()
-                       if name not in ("kiln.weight", "kiln.constant", "kiln.return")),
-            "op_counts": self.ir.op_counts(),
-            "parameters": params,
-            "weight_bytes": sum(w.type.numel * w.type.numpy_dtype.itemsize for w in weights),
-            "compile_seconds": round(self.compile_seconds, 4),
-        }
-        if self.reference_outputs is not None:
-            got = [to_numpy(o) for o in _as_tuple(self(*self.example_inputs))]
-            out["max_rel_error_vs_source"] = max(
-                (_rel_error(g, w) for g, w in zip(got, self.reference_outputs)), default=0.0)
         return out
 
 
@@ -108,24 +121,19 @@ def _source_outputs(model: Any, inputs: Sequence[Any]) -> list[np.ndarray] | Non
 
 def compile_model(model: Any, example_inputs: Any = None, *, target: str = "reference",
                   pipeline: str | None = None, **options: Any) -> CompiledModel:
-    """Frontend → pass pipeline → target. See `kiln.compile`."""
+    """Frontend → pass pipeline → target build. See `kiln.compile`."""
     from kiln.compiler.pass_manager import run_passes
 
-    if target not in TARGET_PIPELINES:
-        raise KilnError(f"unknown target '{target}'",
-                        hint=f"available targets: {', '.join(sorted(TARGET_PIPELINES))}")
+    backend = get_target(target)
+    pass_options = {k: v for k, v in options.items() if k in PASS_OPTIONS}
+    target_options = backend.resolve_options(
+        {k: v for k, v in options.items() if k not in PASS_OPTIONS})
     start = time.perf_counter()
     inputs = _as_tuple(example_inputs)
     module = to_module(model, inputs)
-    chosen = pipeline if pipeline is not None else TARGET_PIPELINES[target]
-    optimized = run_passes(module, chosen, **options)
-
-    def runner(*args: Any) -> list[np.ndarray]:
-        return interpret(optimized, *args)
-
-    compiled = CompiledModel(optimized, target, chosen, runner,
-                             files={"model.kir": optimized.to_text()},
-                             compile_seconds=time.perf_counter() - start,
-                             example_inputs=inputs)
-    compiled.reference_outputs = _source_outputs(model, inputs)
-    return compiled
+    chosen = pipeline if pipeline is not None else backend.pipeline
+    optimized = run_passes(module, chosen, **pass_options)
+    artifact = backend.build(optimized, target_options)
+    return CompiledModel(optimized, target, chosen, artifact,
+                         compile_seconds=time.perf_counter() - start,
+                         source_outputs=_source_outputs(model, inputs), example_inputs=inputs)
