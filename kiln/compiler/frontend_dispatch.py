@@ -27,7 +27,7 @@ def to_module(model: Any, example_inputs: Any) -> Module:
         from kiln.frontend.onnx_import import import_onnx
         return import_onnx(model)
     if hasattr(model, "forward") and hasattr(model, "parameters"):
-        if example_inputs is None:
+        if not example_inputs:
             raise KilnError("tracing a PyTorch model needs example_inputs",
                             hint="kiln.compile(model, (torch.randn(1, 3, 32, 32),), ...)")
         from kiln.frontend.torch_trace import trace

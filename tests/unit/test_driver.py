@@ -43,7 +43,7 @@ def test_compile_accepts_module_kir_and_onnx(mlp: torch.nn.Module, tmp_path: Pat
 
 
 def test_compile_errors_are_clear(mlp: torch.nn.Module, tmp_path: Path) -> None:
-    with pytest.raises(KilnError, match="(?s)unknown target .tpu.*available targets: .*reference"):
+    with pytest.raises(KilnError, match=r"(?s)unknown target .tpu.*available targets: .*reference"):
         kiln.compile(mlp, example_inputs("jet_mlp"), target="tpu")
     with pytest.raises(KilnError, match="target 'reference' has no option reuse_factor"):
         kiln.compile(mlp, example_inputs("jet_mlp"), reuse_factor=4)
