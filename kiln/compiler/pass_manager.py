@@ -34,8 +34,8 @@ from kiln.compiler.instruments import (
 )
 from kiln.compiler.numerics import DEFAULT_RTOL, CheckNumerics
 from kiln.compiler.pipeline import PassStep, parse_pipeline
-from kiln.errors import Diagnostic, KilnError, PassError, PipelineError, VerifyError
 from kiln.compiler.reproducer import Reproducer
+from kiln.errors import Diagnostic, KilnError, PassError, PipelineError, VerifyError
 from kiln.ir.graph import Module
 from kiln.ir.verifier import verify as verify_module
 from kiln.passes.registry import PassContext
