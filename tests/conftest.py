@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,3 +27,14 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     """A generator seeded from the test's name: fresh per test, reproducible across runs."""
     seed = abs(hash(request.node.nodeid)) % (2**32)
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _private_tempdir(tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reproducers and other temp files land in pytest's folder, not in the machine's /tmp
+    (kiln-opt subprocesses inherit TMPDIR)."""
+    folder = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    assert Path(folder).is_dir()
