@@ -10,6 +10,14 @@ with more elements than its operands together (`expand` of a splat) stays an op,
 anything beyond `max-elements`, or a large result when the module's weights are elided (a new
 weight beside elided ones would make the module half-elided). The producers left unused are
 removed by `dce`, not here.
+
+Fused ops (`kiln.fused`, isolated regions): one whose operands are all known folds entirely (its
+region is evaluated op by op, like the interpreter does). Otherwise the ops inside whose operands
+are known — constants in the region, or block arguments bound to known operands — fold, and
+their results are materialized *outside*, before the fused op, and passed in as new operands:
+constants and weights stay outside a group (see `passes/outline.py`). Arguments left unused are
+dropped, the `pattern` is brought up to date, and a fused op left with one op inside becomes
+that op.
 """
 
 from __future__ import annotations
@@ -23,9 +31,12 @@ from kiln.errors import KilnError
 from kiln.ir.builder import Builder
 from kiln.ir.graph import Block, Module, Op, Value
 from kiln.ir.ops.attrs import Dense
-from kiln.ir.ops.core import Constant, Weight
+from kiln.ir.ops.core import Constant, Weight, Yield
+from kiln.ir.ops.fused import Fused
 from kiln.ir.rewriter import Rewriter
 from kiln.ir.types import ScalarType, TensorType, dtype_from_numpy
+from kiln.passes.dce import has_side_effects
+from kiln.passes.outline import add_input, settle
 from kiln.passes.registry import PassContext, register_pass
 
 
@@ -46,7 +57,7 @@ def known_value(value: Value, module: Module) -> np.ndarray | None:
 def _evaluate(op: Op, args: Sequence[np.ndarray], ctx: PassContext) -> list[np.ndarray] | None:
     """The op's results from its reference, or None when it cannot be evaluated here."""
     try:
-        outs = list(op.kind.reference(*args))
+        outs = list(op.kind.reference_typed([v.type for v in op.operands], *args))
     except (KilnError, NotImplementedError, ValueError, TypeError, ArithmeticError) as exc:
         ctx.logger.debug("not folding %s: %s", op.name, exc)
         return None
@@ -98,29 +109,97 @@ class _Limits:
         return sum(sizes) <= sum(v.type.numel for v in op.operands)
 
 
-def _fold_block(block: Block, module: Module, rewriter: Rewriter, ctx: PassContext,
-                limits: _Limits) -> int:
-    folded = 0
-    for op in list(block.ops):
-        if op.region is not None:
-            folded += _fold_block(op.region, module, rewriter, ctx, limits)
-            continue
+@dataclass
+class _Folder:
+    """One fold-constants run: where results go, what limits apply, what the values are."""
+
+    module: Module
+    rewriter: Rewriter
+    ctx: PassContext
+    limits: _Limits
+
+    def known(self, value: Value, bound: dict[Value, np.ndarray]) -> np.ndarray | None:
+        """The array `value` holds: bound (a region argument or result), or a constant/weight."""
+        found = bound.get(value)
+        return found if found is not None else known_value(value, self.module)
+
+    def foldable(self, op: Op) -> bool:
+        """A pure op without a region that computes something and keeps within the limits."""
         if op.kind.SIDE_EFFECTS or isinstance(op.kind, (Constant, Weight)) or not op.results:
-            continue
-        if not limits.allows(op):
-            continue
-        args = [known_value(v, module) for v in op.operands]
+            return False
+        return op.region is None and self.limits.allows(op)
+
+    def evaluate(self, op: Op, bound: dict[Value, np.ndarray]) -> list[np.ndarray] | None:
+        """`op`'s results when all its operands are known, else None."""
+        if isinstance(op.kind, Weight):
+            found = known_value(op.result, self.module)
+            return None if found is None else [found]
+        args = [self.known(v, bound) for v in op.operands]
         if any(a is None for a in args):
-            continue
-        outs = _evaluate(op, [a for a in args if a is not None], ctx)
-        if outs is None:
-            continue
-        builder = rewriter.builder_before(op)
-        new = [_materialize(builder, module, r, out, limits.inline_limit)
-               for r, out in zip(op.results, outs)]
-        rewriter.replace_op(op, new)
-        folded += 1
-    return folded
+            return None
+        return _evaluate(op, [a for a in args if a is not None], self.ctx)
+
+    def materialize(self, op: Op, outs: list[np.ndarray], before: Op) -> list[Value]:
+        """Constants or weights holding `outs` (for `op`'s results), inserted before `before`."""
+        builder = self.rewriter.builder_before(before)
+        return [_materialize(builder, self.module, r, out, self.limits.inline_limit)
+                for r, out in zip(op.results, outs)]
+
+    def block(self, block: Block) -> int:
+        folded = 0
+        for op in list(block.ops):
+            if op.region is not None:
+                folded += self.region_op(op)
+                continue
+            outs = self.evaluate(op, {}) if self.foldable(op) else None
+            if outs is not None:
+                self.rewriter.replace_op(op, self.materialize(op, outs, op))
+                folded += 1
+        return folded
+
+    def region_op(self, op: Op) -> int:
+        """Fold a fused op entirely, or the constant parts of its region (module docstring)."""
+        assert op.region is not None
+        if not isinstance(op.kind, Fused):
+            return self.block(op.region)
+        outs = self.run_region(op) if self.limits.allows(op) else None
+        if outs is not None:
+            self.rewriter.replace_op(op, self.materialize(op, outs, op))
+            return 1
+        bound = {arg: array for arg, v in zip(op.region.args, op.operands)
+                 if (array := known_value(v, self.module)) is not None}
+        folded = 0
+        for inner in list(op.region.ops):
+            outs = self.evaluate(inner, bound) if self.foldable(inner) else None
+            if outs is None:
+                continue
+            args = [add_input(op, v) for v in self.materialize(inner, outs, op)]
+            bound.update(zip(args, outs))
+            self.rewriter.replace_op(inner, args)
+            folded += 1
+        if folded:
+            settle(self.rewriter, op)
+        return folded
+
+    def run_region(self, op: Op) -> list[np.ndarray] | None:
+        """The results of a fused op whose operands are all known, else None."""
+        assert op.region is not None
+        if has_side_effects(op):
+            return None
+        env: dict[Value, np.ndarray] = {}
+        for arg, value in zip(op.region.args, op.operands):
+            array = known_value(value, self.module)
+            if array is None:
+                return None
+            env[arg] = array
+        for inner in op.region.ops:
+            if isinstance(inner.kind, Yield):
+                return [env[v] for v in inner.operands]
+            outs = None if inner.region is not None else self.evaluate(inner, env)
+            if outs is None:
+                return None
+            env.update(zip(inner.results, outs))
+        return None
 
 
 @register_pass("fold-constants")
@@ -130,7 +209,7 @@ def fold_constants(module: Module, ctx: PassContext, *, max_elements: int = 1 <<
     rewriter = Rewriter(module)
     elided = not module.weights and any(isinstance(op.kind, Weight) for op in module.walk())
     limits = _Limits(inline_limit, max_elements, weights_allowed=not elided)
-    folded = sum(_fold_block(func.body, module, rewriter, ctx, limits)
-                 for func in module.funcs.values())
+    folder = _Folder(module, rewriter, ctx, limits)
+    folded = sum(folder.block(func.body) for func in module.funcs.values())
     ctx.count("ops-folded", folded)
     return folded > 0
