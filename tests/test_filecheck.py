@@ -122,7 +122,8 @@ def test_kiln_opt_reads_stdin_and_lists_passes_without_torch(good_file: Path) ->
     listed = subprocess.run([sys.executable, "-c", code, "--list-passes"], capture_output=True,
                             text=True, timeout=120, check=True)
     assert "fold-constants: " in listed.stdout and "max-elements: int = 1048576" in listed.stdout
-    assert "default: canonicalize,fold-constants,cse,dce" in listed.stdout
+    assert "cleanup: canonicalize,fold-constants,cse,dce" in listed.stdout
+    assert "default: canonicalize,fold-batchnorm," in listed.stdout
     piped = subprocess.run([sys.executable, "-c", code, "-", "-p", "canonicalize"],
                            input=GOOD, capture_output=True, text=True, timeout=120, check=True)
     assert "kiln.return %x" in piped.stdout

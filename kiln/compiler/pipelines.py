@@ -9,7 +9,14 @@ from __future__ import annotations
 from kiln.errors import PipelineError
 
 _PIPELINES: dict[str, str] = {
-    "default": "canonicalize,fold-constants,cse,dce",
+    "cleanup": "canonicalize,fold-constants,cse,dce",
+    "default": "canonicalize,fold-batchnorm,fold-constants,cse,fuse,cse,dce",
+    # Per-target pipelines: `kiln.compile(model, target=T)` runs pipeline T. They start as the
+    # default and grow target-specific steps (layout, decompose, quantization) with the targets.
+    "cpu": "default",
+    "gpu": "default",
+    "fpga": "default",
+    "asic": "default",
 }
 
 

@@ -118,7 +118,8 @@ def test_check_numerics_needs_weights() -> None:
 def test_default_pipeline_keeps_every_bundled_model(name: str) -> None:
     module = kiln.trace(get_model(name), example_inputs(name))
     result = PassManager("default", check_numerics=True).run(module)
-    assert [r.step for r in result.records] == ["canonicalize", "fold-constants", "cse", "dce"]
+    assert [r.step for r in result.records] == ["canonicalize", "fold-batchnorm", "fold-constants",
+                                                "cse", "fuse", "cse", "dce"]
     run_passes(module, "default", check_numerics=True, numerics_inputs=example_inputs(name))
 
 
@@ -356,7 +357,7 @@ def test_kiln_opt_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     source = tmp_path / "net.kir"
     net().save(source)
     dumps = tmp_path / "dumps"
-    assert main([str(source), "-p", "default", "--check-numerics", "--time-passes",
+    assert main([str(source), "-p", "cleanup", "--check-numerics", "--time-passes",
                  "--dump-dir", str(dumps), "--print-ir-after", "all"]) == 0
     out, err = capsys.readouterr()
     assert "%dead" not in out and err.count("IR Dump After") == 4

@@ -123,7 +123,7 @@ def test_options_are_converted_by_type(test_passes: None) -> None:
 
 
 def test_named_pipelines_expand() -> None:
-    steps = parse_pipeline("default,dce")
+    steps = parse_pipeline("cleanup,dce")
     assert [s.name for s in steps] == ["canonicalize", "fold-constants", "cse", "dce", "dce"]
     assert parse_pipeline("") == [] and parse_pipeline("  ") == []
 

@@ -249,7 +249,7 @@ def test_default_pipeline_keeps_numerics() -> None:
         y = b.add(Mul(), b.add(Relu(), h), b.add(Reshape(shape=(3, 4)), wt))
         return [b.add(Add(), y, b.add(Relu(), h2))]
 
-    out = run_checked(build(body, (3, 4)), "default", seeds=3)
+    out = run_checked(build(body, (3, 4)), "cleanup", seeds=3)
     assert out.op_counts() == {"kiln.add": 1, "kiln.constant": 1, "kiln.mul": 1,
                                "kiln.relu": 1, "kiln.return": 1}
     assert out.weights == {}
