@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from kiln.compiler.frontend_dispatch import to_module
+from kiln.ir.analysis import compute_ops
 from kiln.ir.graph import Module
 from kiln.ir.interpret import to_numpy
-from kiln.ir.ops.core import Constant, Return, Weight
+from kiln.ir.ops.core import Weight
+from kiln.ir.ops.fused import Fused
 from kiln.targets.target import Artifact, get_target
 
 PASS_OPTIONS = ("calibration_data", "sample_inputs", "print_ir_after", "print_ir_after_change",
@@ -75,11 +77,12 @@ class CompiledModel:
     def report(self) -> dict[str, Any]:
         """Op counts, parameters, compile time, accuracy vs the source, and the target's own."""
         weights = [op.kind for op in self.ir.walk() if isinstance(op.kind, Weight)]
-        skip = (Weight, Constant, Return)
+        fused = [op for op in self.ir.main.ops if op.isa(Fused)]
         out: dict[str, Any] = {
             "target": self.target,
             "pipeline": self.pipeline,
-            "ops": sum(1 for op in self.ir.main.ops if not op.isa(skip)),
+            "ops": len(compute_ops(self.ir.main)),
+            "fused_groups": len(fused),
             "op_counts": self.ir.op_counts(),
             "parameters": sum(w.type.numel for w in weights),
             "weight_bytes": sum(w.type.numel * w.type.numpy_dtype.itemsize for w in weights),

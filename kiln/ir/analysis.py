@@ -117,3 +117,12 @@ def _top_level(op: Op) -> Op:
 def is_source(op: Op) -> bool:
     """Weights and constants: ops that read nothing and cost nothing at run time."""
     return op.isa((Weight, Constant))
+
+
+def compute_ops(func: Func) -> list[Op]:
+    """Top-level ops that do work at run time: not weights, constants or the return.
+
+    After fusion each `kiln.fused` op counts once — it is one kernel — which makes this the
+    number to compare before and after a pipeline.
+    """
+    return [op for op in func.ops if not (is_source(op) or op.isa(Return))]

@@ -27,12 +27,13 @@ def demo_model(name: str, show_ir: bool, out: TextIO = sys.stdout) -> bool:
     import torch
 
     import kiln
+    from kiln.ir.analysis import compute_ops
     from kiln.models import example_inputs, get_model
 
     model = get_model(name)
     inputs = example_inputs(name, batch=1, seed=1234)
     art = kiln.compile(model, inputs)
-    traced_counts = kiln.trace(model, inputs).op_counts()
+    traced = len(compute_ops(kiln.trace(model, inputs).main))
     with torch.no_grad():
         want = model(*inputs)
     got = art(*[x.numpy() for x in inputs])
@@ -41,10 +42,11 @@ def demo_model(name: str, show_ir: bool, out: TextIO = sys.stdout) -> bool:
     print(f"\n=== {name} ===", file=out)
     if show_ir:
         print(art.ir.to_text(), file=out)
-    before, after = sum(traced_counts.values()), sum(art.ir.op_counts().values())
+    report = art.report()
     status = "ok" if ok else "FAILED"
-    print(f"ops: {before} traced -> {after} after '{art.pipeline}'; "
-          f"max rel error vs PyTorch: {err:.2e} (tolerance {TOLERANCE:.0e}) {status}", file=out)
+    print(f"ops: {traced} traced -> {report['ops']} after '{art.pipeline}' "
+          f"({report['fused_groups']} fused groups); max rel error vs PyTorch: {err:.2e} "
+          f"(tolerance {TOLERANCE:.0e}) {status}", file=out)
     return ok
 
 
