@@ -4,8 +4,9 @@ The entry function becomes the ONNX graph at **opset 17** (the newest opset with
 support that has LayerNormalization; kiln.gelu is decomposed because Gelu arrived in 20).
 Weights become initializers under their kiln symbol, constants unnamed initializers, and each
 op is translated by a rule of `onnx_export_ops.RULES`, keyed by op class. The model is checked
-with `onnx.checker.check_model` before it is written. An op with no ONNX form (quantized and
-fixed-point ops, fused regions) is a `KilnError` naming the op and its location.
+with `onnx.checker.check_model` before it is written. Quantized modules export as ONNX QDQ
+(`onnx_export_quant.py`). An op with no ONNX form (fixed-point ops, fused regions) is a
+`KilnError` naming the op and its location.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from kiln.errors import KilnError
 from kiln.frontend.onnx_node import ONNX_DTYPES
 from kiln.ir.graph import Func, Module, Op, Value
 from kiln.ir.ops.core import Constant, Return, Weight
-from kiln.ir.types import ScalarType, TensorType
+from kiln.ir.types import QuantType, ScalarType, TensorType
 
 OPSET = 17
 _ELEM_TYPES = {dtype: code for code, dtype in ONNX_DTYPES.items()}
 
 
 def onnx_elem_type(ttype: TensorType, where: str) -> int:
-    """ONNX element type of a plain kiln tensor type (KilnError for fixed/quantized/bf16)."""
-    dtype = ttype.dtype
+    """ONNX element type of a kiln tensor type: q<> types export as their stored integers
+    (QDQ, `onnx_export_quant`); KilnError for fixed point and bf16."""
+    dtype = ttype.dtype.storage if isinstance(ttype.dtype, QuantType) else ttype.dtype
     if isinstance(dtype, ScalarType) and dtype in _ELEM_TYPES:
         return _ELEM_TYPES[dtype]
     raise KilnError(f"{where} has element type {dtype}, which kiln does not export to ONNX",
@@ -68,7 +70,8 @@ class Emitter:
         """A new initializer holding `array`; returns its name."""
         data = np.asarray(array, dtype=dtype)
         name = self.fresh(hint)
-        self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(data), name)
+        contiguous = np.ascontiguousarray(data).reshape(data.shape)  # keeps 0-d scalars 0-d
+        self.initializers[name] = numpy_helper.from_array(contiguous, name)
         return name
 
     def ints(self, values: tuple[int, ...] | list[int], hint: str) -> str:
@@ -86,6 +89,7 @@ class Emitter:
 def to_onnx(module: Module) -> onnx.ModelProto:
     """The module's entry function as a checked ONNX model (opset 17)."""
     from kiln.frontend.onnx_export_ops import RULES
+    from kiln.frontend.onnx_export_quant import QUANT_RULES
 
     func = module.main
     em = Emitter(module)
@@ -94,7 +98,7 @@ def to_onnx(module: Module) -> onnx.ModelProto:
     for op in func.ops:
         if isinstance(op.kind, Return):
             break
-        _export_op(em, op, RULES)
+        _export_op(em, op, {**RULES, **QUANT_RULES})
     outputs = _outputs(em, func)
     graph = helper.make_graph(em.nodes, _graph_name(module), inputs, outputs,
                               initializer=list(em.initializers.values()))

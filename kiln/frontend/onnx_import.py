@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from kiln.errors import Diagnostic, ImportError_, UnsupportedOpError
-from kiln.frontend import onnx_ops_math, onnx_ops_nn, onnx_ops_shape
+from kiln.frontend import onnx_ops_math, onnx_ops_nn, onnx_ops_quant, onnx_ops_shape
 from kiln.frontend.onnx_fold import ALWAYS_FOLD, FOLDERS
 from kiln.frontend.onnx_load import (
     InputShapes,
@@ -40,7 +40,8 @@ from kiln.ir.location import Location
 log = logging.getLogger("kiln.frontend.onnx")
 
 CONVERTERS: dict[str, Converter] = {
-    **onnx_ops_math.CONVERTERS, **onnx_ops_nn.CONVERTERS, **onnx_ops_shape.CONVERTERS}
+    **onnx_ops_math.CONVERTERS, **onnx_ops_nn.CONVERTERS, **onnx_ops_shape.CONVERTERS,
+    **onnx_ops_quant.CONVERTERS}
 """Every ONNX op type kiln converts into ops (FOLDERS lists those it can evaluate)."""
 
 _DOMAINS = ("", "ai.onnx")

@@ -15,6 +15,7 @@ from typing import Any
 from kiln.frontend.torch_ctx import Converter, Ctx, Unsupported
 from kiln.frontend.torch_ops_math import MATH_CONVERTERS
 from kiln.frontend.torch_ops_nn import NN_CONVERTERS
+from kiln.frontend.torch_ops_quant import QUANT_CONVERTERS
 from kiln.frontend.torch_ops_shape import SHAPE_CONVERTERS
 from kiln.ir.graph import Value
 from kiln.ir.ops import elementwise as ew
@@ -119,6 +120,7 @@ ELEMENTWISE_CONVERTERS: dict[str, Converter] = {
 
 CONVERTERS: dict[str, Converter] = {
     **ELEMENTWISE_CONVERTERS, **NN_CONVERTERS, **MATH_CONVERTERS, **SHAPE_CONVERTERS,
+    **QUANT_CONVERTERS,
 }
 
 

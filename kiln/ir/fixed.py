@@ -38,6 +38,8 @@ with the runtimes, which differ from one another on ties:
   `quantize_per_tensor` to qint32 (NaN -> storage min).
 - `fma`: rint(fma(x, 1/s, zp)), one rounding — torch `quantize_per_tensor` to qint8/quint8
   (fbgemm's AVX2 kernel) (NaN -> storage max).
+- `mul`: rint(f32(x · (1/s))) + zp, the zero point added after rounding — torch
+  `fake_quantize_per_tensor_affine` / `fake_quantize_per_channel_affine` (NaN -> storage min).
 rint rounds half to even; the result saturates to the storage range (+-inf included).
 Dequantization is f32(stored - zp) · f32(scale) in float32, as onnxruntime and fbgemm do.
 """
@@ -52,8 +54,9 @@ import numpy as np
 from kiln.errors import KilnError
 from kiln.ir.types import FixedType, QuantType
 
-AFFINE_SCHEMES = ("div", "mul_add", "fma")
-"""Arithmetic of `quantize_affine`: ONNX/onnxruntime, torch per-channel/qint32, torch 8-bit."""
+AFFINE_SCHEMES = ("div", "mul_add", "fma", "mul")
+"""Arithmetic of `quantize_affine`: ONNX/onnxruntime, torch per-channel/qint32, torch 8-bit,
+torch fake quantization."""
 
 _U = np.uint64
 _ALL_ONES = 0xFFFF_FFFF_FFFF_FFFF
@@ -283,7 +286,8 @@ def _fma_f32(x: np.ndarray, r: np.ndarray, z: np.ndarray) -> np.ndarray:
 def quantize_affine(x: np.ndarray, q: QuantType, *, scheme: str = "div") -> np.ndarray:
     """Stored integers of float `x` quantized to `q` (per tensor, or per channel along q.axis).
 
-    `scheme` picks the arithmetic of one runtime (`div`, `mul_add`, `fma`; module docstring).
+    `scheme` picks the arithmetic of one runtime (`div`, `mul_add`, `fma`, `mul`; module
+    docstring).
     """
     if scheme not in AFFINE_SCHEMES:
         raise KilnError(f"unknown affine quantization scheme '{scheme}'",
@@ -296,6 +300,9 @@ def quantize_affine(x: np.ndarray, q: QuantType, *, scheme: str = "div") -> np.n
         elif scheme == "mul_add":
             inv = np.float32(1.0) / scale
             t = np.rint(((xf * inv) + zero.astype(np.float32)).astype(np.float64))
+        elif scheme == "mul":
+            inv = np.float32(1.0) / scale
+            t = np.rint((xf * inv).astype(np.float64)) + zero
         else:
             inv = np.float32(1.0) / scale
             t = np.rint(_fma_f32(xf, inv, zero).astype(np.float64))

@@ -9,8 +9,13 @@ from kiln.passes import (  # noqa: F401  (imported for their registrations)
     cse,
     dce,
     decompose,
+    fixed_point,
     fold_batchnorm,
     fold_constants,
+    fold_qdq,
     fuse,
     layout,
+    prune,
+    quantize,
+    sparsify,
 )

@@ -427,6 +427,9 @@ EXCLUDED = {
     "kiln.max_pool2d_nhwc": "NHWC twin defined by max_pool2d: tested in test_layout.py",
     "kiln.avg_pool2d_nhwc": "NHWC twin defined by avg_pool2d: tested in test_layout.py",
     "kiln.adaptive_avg_pool2d_nhwc": "NHWC twin of adaptive_avg_pool2d: tested in test_layout.py",
+    **{f"kiln.{name}": "integer op: bit-exact against tests/unit/qnn_numpy.py in test_qnn_ops.py"
+       for name in ("qconv1d", "qconv2d", "qlinear", "qmatmul", "qadd", "qrescale",
+                    "qavg_pool1d", "qavg_pool2d", "qreduce_mean")},
 }
 
 

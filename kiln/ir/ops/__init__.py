@@ -1,7 +1,8 @@
 """Every op family, imported explicitly so that importing `kiln.ir.ops` registers all ops.
 
 One family per module: core (weight, constant, cast, return), elementwise, nn_conv, nn_pool,
-nn_norm, shape, reduce, quant, fused, layout (NHWC twins). `all_ops()` lists what is registered.
+nn_norm, shape, reduce, quant, qnn + qnn_pool (integer quantized ops), fused, layout (NHWC
+twins). `all_ops()` lists what is registered.
 """
 
 from kiln.ir.ops import (
@@ -12,6 +13,8 @@ from kiln.ir.ops import (
     nn_conv,
     nn_norm,
     nn_pool,
+    qnn,
+    qnn_pool,
     quant,
     reduce,
     shape,
@@ -19,4 +22,4 @@ from kiln.ir.ops import (
 from kiln.ir.ops.base import OpDef, all_ops, lookup_op, register_op
 
 __all__ = ["OpDef", "all_ops", "core", "elementwise", "fused", "layout", "lookup_op", "nn_conv",
-           "nn_norm", "nn_pool", "quant", "reduce", "register_op", "shape"]
+           "nn_norm", "nn_pool", "qnn", "qnn_pool", "quant", "reduce", "register_op", "shape"]

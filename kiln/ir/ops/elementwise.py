@@ -4,6 +4,10 @@ Two shared bases (one per family, as STYLE.md asks): `BinaryOp` broadcasts NumPy
 `UnaryOp` keeps the shape. Float math is computed in the operand dtype (float32 stays float32);
 transcendental functions go through float64 and round once, which keeps the reference within
 one ulp of PyTorch's CPU kernels.
+
+Fixed-point operands (`fixed<W,I>`): add, sub, mul, maximum and minimum take two (possibly
+different) fixed types and give the exact result type; relu, relu6, clamp and leaky_relu keep
+their operand's type. The rules and integer references are in `kiln.ir.fixed_arith`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import erf as _erf
 
+from kiln.ir import fixed_arith
 from kiln.ir.ops.base import OpDef, fail, register_op
-from kiln.ir.types import TensorType
+from kiln.ir.types import DType, FixedType, TensorType
 
 
 def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
@@ -41,15 +46,27 @@ class BinaryOp(OpDef):
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         a, b = operands
-        if a.dtype != b.dtype:
+        dtype: DType = a.dtype
+        if isinstance(a.dtype, FixedType) or isinstance(b.dtype, FixedType):
+            dtype = fixed_arith.binary_type(self.NAME, a.dtype, b.dtype)
+        elif a.dtype != b.dtype:
             raise fail(f"operand element types differ: {a.dtype} and {b.dtype}")
-        return (TensorType(broadcast_shapes(a.shape, b.shape), a.dtype),)
+        return (TensorType(broadcast_shapes(a.shape, b.shape), dtype),)
 
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
         a, b = args
         with np.errstate(all="ignore"):
             out = type(self).FN(a, b)
         return (np.asarray(out).astype(a.dtype, copy=False),)
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        ta, tb = operands[0].dtype, operands[1].dtype
+        if not (isinstance(ta, FixedType) and isinstance(tb, FixedType)):
+            return self.reference(*args)
+        (result,) = self.infer_type(operands)
+        assert isinstance(result.dtype, FixedType)
+        return (fixed_arith.binary_raw(self.NAME, args[0], args[1], ta, tb, result.dtype),)
 
 
 def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,18 +105,31 @@ class UnaryOp(OpDef):
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         (x,) = operands
-        if self.FLOAT_ONLY and not x.dtype.is_float:
+        if isinstance(x.dtype, FixedType):
+            fixed_arith.check_unary(self.NAME, x.dtype, getattr(self, "slope", None))
+        elif self.FLOAT_ONLY and not x.dtype.is_float:
             raise fail(f"needs a floating-point operand, got {x.dtype}")
         return (x,) if x.encoding is None else (TensorType(x.shape, x.dtype),)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def apply_fixed(self, raw: np.ndarray, t: FixedType) -> np.ndarray:
+        """The op on raw integers of `t` (result in `t`); `kiln.ir.fixed_arith`'s rules."""
+        return fixed_arith.unary_raw(self.NAME, raw, t)
+
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
         (x,) = args
         with np.errstate(all="ignore"):
             out = self.apply(x)
         return (np.asarray(out).astype(x.dtype, copy=False),)
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        t = operands[0].dtype
+        if not isinstance(t, FixedType):
+            return self.reference(*args)
+        return (self.apply_fixed(args[0], t),)
 
 
 def _wide(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
@@ -153,6 +183,9 @@ class LeakyRelu(UnaryOp):
     def apply(self, x: np.ndarray) -> np.ndarray:
         return np.where(x >= 0, x, x * x.dtype.type(self.slope))
 
+    def apply_fixed(self, raw: np.ndarray, t: FixedType) -> np.ndarray:
+        return fixed_arith.leaky_relu_raw(raw, t, self.slope)
+
 
 @register_op
 @dataclass(frozen=True)
@@ -195,3 +228,6 @@ class Clamp(UnaryOp):
         if self.max is not None:
             out = np.minimum(out, x.dtype.type(self.max))
         return out
+
+    def apply_fixed(self, raw: np.ndarray, t: FixedType) -> np.ndarray:
+        return fixed_arith.clamp_raw(raw, t, self.min, self.max)

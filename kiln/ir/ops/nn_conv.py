@@ -4,6 +4,10 @@ Layouts follow PyTorch (NCW / NCHW activations, OIW / OIHW weights, `(out, in)` 
 paddings follow ONNX order (all begins, then all ends). The references run an im2col matmul
 (`sliding_window_view` → one batched matmul over groups), so a float32 conv is one sgemm per
 group and integer inputs use NumPy's integer matmul (accumulating in the operand dtype).
+
+Fixed-point operands (`fixed<W,I>`, raws in int64) give an exact, wider result type
+(`kiln.ir.fixed_arith.dot_type`: the products' sum plus the bias, ap_fixed's rules); the
+reference multiplies and sums the raws in int64 and aligns the bias, so it is bit-exact.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from typing import ClassVar
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from kiln.ir import fixed_arith
 from kiln.ir.ops import rules
 from kiln.ir.ops.base import OpDef, fail, register_op
 from kiln.ir.ops.elementwise import broadcast_shapes
-from kiln.ir.types import TensorType
+from kiln.ir.types import FixedType, TensorType
 
 
 def conv_nd(x: np.ndarray, w: np.ndarray, stride: Sequence[int], dilation: Sequence[int],
@@ -68,7 +73,7 @@ class ConvBase(OpDef):
     def _check_operands(self, operands: Sequence[TensorType]) -> None:
         """Ranks, dtypes, groups dividing the input channels, and the bias length."""
         self.verify(operands)
-        rules.same_dtype("input, weight and bias", operands)
+        fixed_arith.check_dtypes("input, weight and bias", operands)
         x, w = operands[0], operands[1]
         rank = self.SPATIAL + 2
         for what, t in (("input", x), ("weight", w)):
@@ -85,11 +90,18 @@ class ConvBase(OpDef):
     def out_channels(self, w: TensorType) -> int:
         return w.shape[0]
 
-    def _result(self, x: TensorType, channels: int, spatial: Sequence[int]) -> TensorType:
+    def terms(self, w: TensorType) -> int:
+        """Products summed into one output: input channels per group times the kernel size."""
+        return w.shape[1] * rules.numel(w.shape[2:])
+
+    def _result(self, operands: Sequence[TensorType], channels: int,
+                spatial: Sequence[int]) -> TensorType:
+        x = operands[0]
         if any(s < 1 for s in spatial):
             raise fail(f"input spatial size {list(x.shape[2:])} is too small for the kernel, "
                        f"padding and dilation (output would be {list(spatial)})")
-        return TensorType((x.shape[0], channels, *spatial), x.dtype)
+        dtype = fixed_arith.dot_type(operands, self.terms(operands[1]))
+        return TensorType((x.shape[0], channels, *spatial), dtype)
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         self._check_operands(operands)
@@ -103,7 +115,7 @@ class ConvBase(OpDef):
         spatial = [rules.window_out(x.shape[2 + i], w.shape[2 + i], self.stride[i],
                                     (self.padding[i], self.padding[nd + i]), self.dilation[i])
                    for i in range(nd)]
-        return (self._result(x, w.shape[0], spatial),)
+        return (self._result(operands, w.shape[0], spatial),)
 
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
         x, w = args[0], args[1]
@@ -111,6 +123,11 @@ class ConvBase(OpDef):
         xp = rules.pad_or_crop(x, self.padding[:nd], self.padding[nd:], x.dtype.type(0))
         y = conv_nd(xp, w, self.stride, self.dilation, self.groups)
         return (_add_bias(y, args).astype(x.dtype, copy=False),)
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Fixed point: the raw product sums (without bias), then `finish_dot`."""
+        return _dot_typed(self, operands, args, channel_axis=1)
 
 
 @register_op
@@ -163,6 +180,10 @@ class ConvTranspose2d(ConvBase):
     def out_channels(self, w: TensorType) -> int:
         return w.shape[1] * self.groups
 
+    def terms(self, w: TensorType) -> int:
+        """At most (input channels per group) x (kernel size) products reach one output."""
+        return w.shape[0] // self.groups * rules.numel(w.shape[2:])
+
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         self._check_operands(operands)
         x, w = operands[0], operands[1]
@@ -171,7 +192,7 @@ class ConvTranspose2d(ConvBase):
         spatial = [(x.shape[2 + i] - 1) * self.stride[i] - self.padding[i] - self.padding[2 + i]
                    + self.dilation[i] * (w.shape[2 + i] - 1) + self.output_padding[i] + 1
                    for i in range(2)]
-        return (self._result(x, self.out_channels(w), spatial),)
+        return (self._result(operands, self.out_channels(w), spatial),)
 
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
         """Dilate the input by the stride, pad by `dilation*(k-1) - padding`, and run a stride-1
@@ -202,7 +223,7 @@ class Linear(OpDef):
     OPERANDS = ("input", "weight", "bias?")
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
-        rules.same_dtype("input, weight and bias", operands)
+        fixed_arith.check_dtypes("input, weight and bias", operands)
         x, w = operands[0], operands[1]
         if x.rank < 1:
             raise fail("input must have rank >= 1, got a scalar")
@@ -212,7 +233,8 @@ class Linear(OpDef):
             raise fail(f"input has {x.shape[-1]} features, weight expects {w.shape[1]}")
         if len(operands) == 3 and operands[2].shape != (w.shape[0],):
             raise fail(f"bias has shape {list(operands[2].shape)}, expected [{w.shape[0]}]")
-        return (TensorType((*x.shape[:-1], w.shape[0]), x.dtype),)
+        dtype = fixed_arith.dot_type(operands, w.shape[1])
+        return (TensorType((*x.shape[:-1], w.shape[0]), dtype),)
 
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
         x, w = args[0], args[1]
@@ -220,6 +242,10 @@ class Linear(OpDef):
         if len(args) == 3:
             y = y + args[2]
         return (np.asarray(y).astype(x.dtype, copy=False),)
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        return _dot_typed(self, operands, args, channel_axis=-1)
 
 
 @register_op
@@ -232,7 +258,7 @@ class MatMul(OpDef):
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         a, b = operands
-        rules.same_dtype("lhs and rhs", operands)
+        fixed_arith.check_dtypes("lhs and rhs", operands)
         if a.rank < 1 or b.rank < 1:
             raise fail(f"operands must have rank >= 1, got {a} and {b}")
         a_shape = (1, *a.shape) if a.rank == 1 else a.shape
@@ -243,8 +269,26 @@ class MatMul(OpDef):
         batch = broadcast_shapes(a_shape[:-2], b_shape[:-2])
         rows = (a_shape[-2],) if a.rank > 1 else ()
         cols = (b_shape[-1],) if b.rank > 1 else ()
-        return (TensorType((*batch, *rows, *cols), a.dtype),)
+        dtype = fixed_arith.dot_type(operands, a_shape[-1])
+        return (TensorType((*batch, *rows, *cols), dtype),)
 
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
         a, b = args
         return (np.asarray(np.matmul(a, b)).astype(a.dtype, copy=False),)
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        return _dot_typed(self, operands, args, channel_axis=-1)
+
+
+def _dot_typed(kind: OpDef, operands: Sequence[TensorType], args: Sequence[np.ndarray],
+               channel_axis: int) -> tuple[np.ndarray, ...]:
+    """Plain operands: `reference`. Fixed point: the int64 raw products summed by the plain
+    reference without the bias, then aligned to the exact result type plus the bias."""
+    if not fixed_arith.is_fixed(operands):
+        return kind.reference(*args)
+    (acc,) = kind.reference(*args[:2])
+    (result,) = kind.infer_type(operands)
+    assert isinstance(result.dtype, FixedType)
+    bias = args[2] if len(args) > 2 else None
+    return (fixed_arith.finish_dot(acc, operands, bias, result.dtype, channel_axis),)

@@ -162,14 +162,19 @@ class LocalResponseNorm(OpDef):
         return (TensorType(x.shape, x.dtype),)
 
     def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Channel c averages channels c - size//2 .. c + (size-1)//2 (zeros outside)."""
+        """Channel c averages channels c - size//2 .. c + (size-1)//2 (zeros outside).
+
+        Each window is summed on its own (not as a difference of running sums, which turns an
+        inf or a huge channel into NaN or lost precision in every later window)."""
         (x,) = args
         wide = x.astype(np.float64)
         pads = [(0, 0)] * x.ndim
         pads[1] = (self.size // 2, (self.size - 1) // 2)
         squares = np.pad(np.square(wide), pads)
-        sums = np.cumsum(squares, axis=1)
-        sums = np.concatenate([np.zeros_like(sums[:, :1]), sums], axis=1)
-        window = sums[:, self.size:] - sums[:, :-self.size]
-        y = wide / (self.k + self.alpha * window / self.size) ** self.beta
+        channels = x.shape[1]
+        window = np.zeros_like(wide)
+        for offset in range(self.size):
+            window += squares[:, offset:offset + channels]
+        with np.errstate(invalid="ignore"):
+            y = wide / (self.k + self.alpha * window / self.size) ** self.beta
         return (y.astype(x.dtype),)

@@ -5,6 +5,10 @@ ceil_mode rule (the last window starts inside the input or the left padding). Av
 divides as PyTorch does: with `count_include_pad` a window counts its padded positions but not
 the part that hangs past the right padding in ceil mode; without it, only input positions.
 Integer averages truncate toward zero (like `kiln.div`).
+
+Fixed-point inputs (`fixed<W,I>`) keep their type: max pools compare raws, average pools sum
+the raws exactly in int64 and round the quotient with the type's rounding mode
+(`kiln.ir.fixed_arith.divide_round`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import ClassVar
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from kiln.ir import fixed_arith
 from kiln.ir.ops import rules
 from kiln.ir.ops.base import OpDef, fail, register_op
-from kiln.ir.types import TensorType
+from kiln.ir.types import FixedType, TensorType
 
 
 def _divide(total: np.ndarray, count: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -98,6 +103,21 @@ def _avg_counts(size: int, kernel: int, stride: int, pads: tuple[int, int], out:
     return ends - starts
 
 
+def _fixed_mean(pool: _AvgPool | _AdaptiveAvgPool, operands: Sequence[TensorType],
+                args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Average pools on fixed point: exact int64 window sums, quotient rounded by the type."""
+    t = operands[0].dtype
+    if not isinstance(t, FixedType):
+        return pool.reference(*args)
+    total, count = pool.sums(np.asarray(args[0], np.int64), np.dtype(np.int64))
+    return (fixed_arith.divide_round(total, count, t.rounding),)
+
+
+def _check_window_sum(x: TensorType, window: int) -> None:
+    if isinstance(x.dtype, FixedType):
+        fixed_arith.check_sum_fits(x.dtype, window)
+
+
 @dataclass(frozen=True)
 class _MaxPool(PoolBase):
     kernel: tuple[int, ...]
@@ -161,17 +181,17 @@ class _AvgPool(PoolBase):
         x = self._input(operands)
         out = self._window_shape(x, self.kernel, self.stride, self.padding,
                                  (1,) * self.SPATIAL, self.ceil_mode)
+        _check_window_sum(x, rules.numel(self.kernel))
         return (TensorType((*x.shape[:2], *out), x.dtype),)
 
-    def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
-        (x,) = args
+    def sums(self, x: np.ndarray, acc: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Window sums (in `acc`) and the per-output divisors."""
         nd = self.SPATIAL
         ones = (1,) * nd
         out = self._window_shape(TensorType(x.shape), self.kernel, self.stride, self.padding,
                                  ones, self.ceil_mode)
         win = self._windows(x, self.kernel, self.stride, self.padding, ones, out,
                             rules.fill_value(x.dtype, lowest=False))
-        acc = _accumulator(x.dtype)
         total = win.sum(axis=tuple(range(-nd, 0)), dtype=acc)
         count = np.ones((), np.int64)
         for i in range(nd):
@@ -179,7 +199,16 @@ class _AvgPool(PoolBase):
                                    (self.padding[i], self.padding[nd + i]), out[i],
                                    self.count_include_pad)
             count = np.multiply.outer(count, per_axis)
+        return total, count
+
+    def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        (x,) = args
+        total, count = self.sums(x, _accumulator(x.dtype))
         return (_divide(total, count, x.dtype),)
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        return _fixed_mean(self, operands, args)
 
 
 @register_op
@@ -218,12 +247,13 @@ class _AdaptiveAvgPool(PoolBase):
         x = self._input(operands)
         if any(s < 1 for s in x.shape[2:]):
             raise fail(f"input spatial size {list(x.shape[2:])} is empty")
+        largest = rules.numel([-(-size // out) + 1 for size, out in
+                               zip(x.shape[2:], self.output_size)])
+        _check_window_sum(x, largest)
         return (TensorType((*x.shape[:2], *self.output_size), x.dtype),)
 
-    def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Separable: sum each axis's bins in turn, then divide by the bin areas."""
-        (x,) = args
-        acc = _accumulator(x.dtype)
+    def sums(self, x: np.ndarray, acc: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Separable: sum each axis's bins in turn (in `acc`); also the bin areas."""
         total = x.astype(acc, copy=False)
         count = np.ones((), np.int64)
         for i, out in enumerate(self.output_size):
@@ -232,7 +262,17 @@ class _AdaptiveAvgPool(PoolBase):
             total = np.stack([total[(slice(None),) * axis + (slice(lo, hi),)].sum(axis=axis)
                               for lo, hi in bins], axis=axis)
             count = np.multiply.outer(count, np.array([hi - lo for lo, hi in bins]))
+        return total, count
+
+    def reference(self, *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Separable: sum each axis's bins in turn, then divide by the bin areas."""
+        (x,) = args
+        total, count = self.sums(x, _accumulator(x.dtype))
         return (_divide(total, count, x.dtype),)
+
+    def reference_typed(self, operands: Sequence[TensorType],
+                        *args: np.ndarray) -> tuple[np.ndarray, ...]:
+        return _fixed_mean(self, operands, args)
 
 
 @register_op

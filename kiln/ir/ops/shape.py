@@ -16,7 +16,7 @@ import numpy as np
 
 from kiln.ir.ops import rules
 from kiln.ir.ops.base import OpDef, fail, register_op
-from kiln.ir.types import TensorType
+from kiln.ir.types import FixedType, TensorType
 
 
 @register_op
@@ -254,6 +254,9 @@ class Pad(OpDef):
                 raise fail(f"edge padding of the empty axis {axis}")
         if x.dtype.is_integer and self.value != int(self.value):
             raise fail(f"value {self.value} is not an integer, but the input is {x.dtype}")
+        if isinstance(x.dtype, FixedType) and self.value != 0.0:
+            raise fail(f"pads a fixed-point input with {self.value}: only 0 is supported "
+                       "(the raw 0 is the value 0 in every fixed<> format)")
         shape = tuple(s + b + e for s, b, e in zip(x.shape, begins, ends))
         return (TensorType(shape, x.dtype),)
 
