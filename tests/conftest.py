@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 import tempfile
 from pathlib import Path
 
@@ -24,8 +25,9 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
 
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    """A generator seeded from the test's name: fresh per test, reproducible across runs."""
-    seed = abs(hash(request.node.nodeid)) % (2**32)
+    """A generator seeded from the test's name: fresh per test, reproducible across runs
+    (crc32, not hash(): str hashes change with every process)."""
+    seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
 
 

@@ -131,16 +131,18 @@ class ConcatNet(torch.nn.Module):
 def test_concat_pools_and_padding_stay_integer(rng: np.random.Generator) -> None:
     torch.manual_seed(0)
     module = kiln.trace(ConcatNet().eval(), (torch.zeros(2, 3, 8, 8),))
-    calib = [rng.standard_normal((2, 3, 8, 8)).astype(np.float32) for _ in range(4)]
+    calib = [rng.standard_normal((2, 3, 8, 8)).astype(np.float32) for _ in range(16)]
     quantized = kiln.run_passes(module, "quantize", calibration_data=calib)
     counts = quantized.op_counts()
-    assert counts["kiln.qrescale"] == 1 and counts["kiln.qavg_pool2d"] == 1  # one branch rescaled
+    # a branch whose range differs from the concat's is rescaled (one or both, by the data)
+    assert counts["kiln.qrescale"] in (1, 2) and counts["kiln.qavg_pool2d"] == 1
     assert counts["kiln.softmax"] == 1 and counts["kiln.dequantize"] == 1  # float island
     pad = quantized.ops_of(kiln.ir.ops.shape.Pad)[0]
     assert isinstance(pad.result.type.dtype, QuantType)
     assert pad.kind.value == pad.result.type.dtype.zero_point[0]  # pads real zeros
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
-    assert assert_bit_exact(quantized, x) == 4  # 2 qconv2d, qrescale, qavg_pool2d
+    # 2 qconv2d, the qrescale(s), qavg_pool2d
+    assert assert_bit_exact(quantized, x) == 3 + counts["kiln.qrescale"]
     want = interpret(module, x)[0]
     assert np.abs(interpret(quantized, x)[0] - want).max() <= 0.05 * np.abs(want).max()
 
