@@ -133,6 +133,8 @@ def compile_model(model: Any, example_inputs: Any = None, *, target: str = "refe
         {k: v for k, v in options.items() if k not in PASS_OPTIONS})
     start = time.perf_counter()
     inputs = _as_tuple(example_inputs)
+    if "example_inputs" in target_options and target_options["example_inputs"] is None:
+        target_options["example_inputs"] = inputs  # targets that check value ranges (gpu fp16)
     module = to_module(model, inputs)
     chosen = pipeline if pipeline is not None else backend.pipeline
     optimized = run_passes(module, chosen, **pass_options)
