@@ -54,6 +54,9 @@ class Target:
 
 _TARGETS: dict[str, str] = {
     "reference": "kiln.targets.reference:TARGET",
+    "cpu": "kiln.targets.cpu:TARGET",
+    "gpu": "kiln.targets.gpu:TARGET",
+    "fpga": "kiln.targets.fpga:TARGET",
 }
 """Target name → `module:attribute`, imported on first use (a GPU toolchain loads only when
 someone compiles for the GPU). Explicit: new targets add a line here."""

@@ -1,0 +1,36 @@
+"""Options of the C code generator: what it must know about the machine and the build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln.codegen.c.packing import gemm_tile
+
+CONST_WEIGHTS_LIMIT = 64 * 1024
+"""Parameter bytes below which weights are compiled in as `const` arrays (auto mode)."""
+
+TILE_FLOATS = 16 * 1024
+"""Floats in one epilogue tile (64 KiB): a GEMM block whose epilogue runs while it is hot."""
+
+
+@dataclass(frozen=True)
+class COptions:
+    """How to generate C for one model.
+
+    `vector_width`: float lanes of the target's widest vector (16 AVX-512, 8 AVX2, 4 SSE/NEON),
+    which sets the GEMM tile and hence the weight packing. `threads > 1` adds OpenMP pragmas
+    over the GEMM blocks. `const_weights`: True compiles weights in, False reads them from the
+    blob `weights.bin`, None decides by size (`CONST_WEIGHTS_LIMIT`).
+    """
+
+    vector_width: int = 16
+    threads: int = 1
+    const_weights: bool | None = None
+
+    @property
+    def mr(self) -> int:
+        return gemm_tile(self.vector_width)[0]
+
+    @property
+    def nr(self) -> int:
+        return gemm_tile(self.vector_width)[1]

@@ -1,0 +1,1 @@
+"""External toolchains the targets drive (gcc for the cpu target)."""
