@@ -21,9 +21,18 @@ Observer = Callable[[Op, Sequence[np.ndarray]], None]
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """A NumPy array from a NumPy array, a torch tensor or a nested list."""
+    """A NumPy array from a NumPy array, a torch tensor or a nested list.
+
+    Kept cheap: compiled models call it on every input (a CPU tensor without grad converts
+    without a copy; anything else takes the general path).
+    """
+    if type(x) is np.ndarray:
+        return x
     if hasattr(x, "detach") and hasattr(x, "numpy"):
-        return np.asarray(x.detach().cpu().resolve_conj().resolve_neg().numpy())
+        try:
+            return np.asarray(x.numpy())
+        except (RuntimeError, TypeError):  # requires grad, not on the CPU, conj/neg views
+            return np.asarray(x.detach().cpu().resolve_conj().resolve_neg().numpy())
     return np.asarray(x)
 
 
