@@ -69,8 +69,9 @@ class CompiledModel:
         """Run the compiled model; torch inputs give torch outputs, NumPy inputs NumPy ones."""
         outs = self.artifact.run(*[to_numpy(x) for x in inputs])
         if inputs and type(inputs[0]).__module__.startswith("torch"):
-            import torch
-            tensors = [torch.from_numpy(np.ascontiguousarray(o)) for o in outs]
+            from torch import from_numpy  # already imported: the caller passed a tensor
+            tensors = [from_numpy(o if o.flags.c_contiguous else np.ascontiguousarray(o))
+                       for o in outs]
             return tensors[0] if len(tensors) == 1 else tuple(tensors)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -135,6 +136,8 @@ def compile_model(model: Any, example_inputs: Any = None, *, target: str = "refe
     inputs = _as_tuple(example_inputs)
     if "example_inputs" in target_options and target_options["example_inputs"] is None:
         target_options["example_inputs"] = inputs  # targets that check value ranges (gpu fp16)
+    if "calibration_data" in target_options:  # targets that quantize in their build (fpga)
+        target_options["calibration_data"] = pass_options.get("calibration_data")
     module = to_module(model, inputs)
     chosen = pipeline if pipeline is not None else backend.pipeline
     optimized = run_passes(module, chosen, **pass_options)

@@ -15,7 +15,9 @@ _PIPELINES: dict[str, str] = {
     # default and grow target-specific steps (layout, decompose, quantization) with the targets.
     "cpu": "default",
     "gpu": "default",
-    "fpga": "default",
+    # fpga: graph passes without fusion (the HLS emitter lowers op by op); the target's build
+    # runs fixed-point at its `precision`, calibrated on calibration_data or the example inputs.
+    "fpga": "canonicalize,fold-batchnorm,fold-constants,cse,dce",
     "asic": "default",
 }
 

@@ -1,0 +1,196 @@
+"""One C++ function per HLS layer: the `kiln_layers.h` template call plus its pragmas.
+
+Each layer function is `static void <name>(const int64_t in0[N0], ..., int64_t out[M])`.
+The reuse factor R decides the pragmas as in hls4ml: `PIPELINE II=R` on the layer, weights and
+activations partitioned `complete` for R = 1, `cyclic factor=ceil(N/R)` otherwise, so each
+multiplier is reused R times. Weights are emitted by `emit_weights` as const arrays of raw
+integers (the narrowest C integer type that holds the weight type's width).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from kiln.codegen.hls.layers import HlsLayer, HlsTensor
+from kiln.codegen.writer import CodeWriter
+from kiln.ir import fixed_arith
+from kiln.ir.types import FixedType
+
+ROUNDING = {"trn": "KILN_TRN", "trn_zero": "KILN_TRN_ZERO", "rnd": "KILN_RND",
+            "rnd_zero": "KILN_RND_ZERO", "rnd_min_inf": "KILN_RND_MIN_INF",
+            "rnd_inf": "KILN_RND_INF", "rnd_conv": "KILN_RND_CONV"}
+SATURATION = {"wrap": "KILN_WRAP", "sat": "KILN_SAT", "sat_zero": "KILN_SAT_ZERO",
+              "sat_sym": "KILN_SAT_SYM"}
+BINARY = {"add": "KILN_ADD", "sub": "KILN_SUB", "maximum": "KILN_MAX", "minimum": "KILN_MIN"}
+INT64_MIN, INT64_MAX = "INT64_MIN", "INT64_MAX"
+
+
+def c_int(dtype: FixedType) -> str:
+    """The narrowest C integer type holding raws of `dtype`."""
+    bits = next(b for b in (8, 16, 32, 64) if dtype.width + (not dtype.signed) <= b)
+    return f"int{bits}_t"
+
+
+def _array_lines(ctype: str, name: str, values: np.ndarray, per_line: int = 16) -> list[str]:
+    flat = [str(int(v)) for v in np.asarray(values).reshape(-1)] or ["0"]
+    rows = [", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line)]
+    return [f"static const {ctype} {name}[{len(flat)}] = {{",
+            *(f"    {row}," for row in rows), "};"]
+
+
+def emit_weights(w: CodeWriter, layer: HlsLayer) -> None:
+    """The layer's weights: CSR over the non-zero weights for dense layers, dense otherwise."""
+    if layer.weight is None or layer.weight_type is None:
+        return
+    wtype = c_int(layer.weight_type)
+    w.line(f"// {layer.name}: weight {list(layer.weight.shape)} {layer.weight_type}, "
+           f"{layer.nonzero_weights} non-zero")
+    if layer.kind == "dense":
+        rows = layer.weight.reshape(layer.weight.shape[0], -1)
+        nz = [np.flatnonzero(r) for r in rows]
+        ptr = np.cumsum([0, *(len(i) for i in nz)])
+        cols = np.concatenate(nz) if nz else np.zeros(0, np.int64)
+        vals = np.concatenate([r[i] for r, i in zip(rows, nz)]) if nz else cols
+        w.lines(_array_lines("int", f"{layer.name}_row_ptr", ptr))
+        w.lines(_array_lines("int", f"{layer.name}_col", cols))
+        w.lines(_array_lines(wtype, f"{layer.name}_w", vals))
+    else:
+        w.lines(_array_lines(wtype, f"{layer.name}_w", layer.weight))
+    if layer.bias is not None and layer.bias_type is not None:
+        w.lines(_array_lines(c_int(layer.bias_type), f"{layer.name}_b", layer.bias))
+    w.blank()
+
+
+def _partition(w: CodeWriter, name: str, size: int, rf: int) -> None:
+    if rf <= 1:
+        w.raw(f"#pragma HLS ARRAY_PARTITION variable={name} complete")
+    else:
+        w.raw(f"#pragma HLS ARRAY_PARTITION variable={name} cyclic "
+              f"factor={max(1, math.ceil(size / rf))}")
+
+
+def signature(layer: HlsLayer) -> str:
+    params = [f"const int64_t in{i}[{t.size}]" for i, t in enumerate(layer.inputs)]
+    return f"static void {layer.name}({', '.join(params)}, int64_t out[{layer.output.size}])"
+
+
+def emit_layer(w: CodeWriter, layer: HlsLayer) -> None:
+    """The layer's function (module docstring)."""
+    w.line(f"// {layer.kind} {layer.output.dtype} <- {layer.source}")
+    with w.block(signature(layer)):
+        w.raw("#pragma HLS INLINE off")
+        w.raw(f"#pragma HLS PIPELINE II={layer.reuse_factor}")
+        if layer.weight is not None:
+            _partition(w, f"{layer.name}_w", layer.weight.size, layer.reuse_factor)
+        w.line(_call(layer) + ";")
+    w.blank()
+
+
+def _call(layer: HlsLayer) -> str:
+    if layer.kind == "dense":
+        return _dense(layer)
+    if layer.kind in ("conv1d", "conv2d"):
+        return _conv(layer)
+    if layer.kind.startswith(("max_pool", "avg_pool")):
+        return _pool(layer)
+    if layer.kind == "requantize":
+        src, dst = layer.inputs[0].dtype, layer.output.dtype
+        args = (f"{layer.output.size}, {src.frac_bits}, {dst.width}, {dst.frac_bits}, "
+                f"{str(dst.signed).lower()}, kiln::{ROUNDING[dst.rounding]}, "
+                f"kiln::{SATURATION[dst.saturation]}")
+        return f"kiln::requantize_array<{args}>(in0, out)"
+    if layer.kind in ("relu", "clamp"):
+        lo, hi = _clamp_bounds(layer)
+        return f"kiln::clamp<{layer.output.size}>(in0, out, {lo}, {hi})"
+    if layer.kind in BINARY:
+        a, b = (t.dtype for t in layer.inputs)
+        r = layer.output.dtype
+        return (f"kiln::binary<{layer.output.size}, {r.frac_bits - a.frac_bits}, "
+                f"{r.frac_bits - b.frac_bits}, kiln::{BINARY[layer.kind]}>(in0, in1, out)")
+    raise AssertionError(f"no emitter for {layer.kind}")
+
+
+def _clamp_bounds(layer: HlsLayer) -> tuple[str, str]:
+    t = layer.output.dtype
+    if layer.kind == "relu":
+        return "0", INT64_MAX
+    kind: Any = layer.op.kind  # Clamp attributes (relu6: fixed bounds)
+    lo, hi = (0.0, 6.0) if layer.op.name == "kiln.relu6" else (kind.min, kind.max)
+    ends = np.array(t.raw_range, dtype=np.int64)
+    lo_raw, hi_raw = fixed_arith.clamp_raw(ends, t, lo, hi)
+    return (str(int(lo_raw)) if lo is not None else INT64_MIN,
+            str(int(hi_raw)) if hi is not None else INT64_MAX)
+
+
+def _dot_shifts(layer: HlsLayer) -> tuple[int, int]:
+    assert layer.weight_type is not None
+    acc = layer.output.dtype
+    shift = acc.frac_bits - layer.inputs[0].dtype.frac_bits - layer.weight_type.frac_bits
+    bshift = acc.frac_bits - layer.bias_type.frac_bits if layer.bias_type is not None else 0
+    return shift, bshift
+
+
+def _bias_args(layer: HlsLayer) -> tuple[str, str, str]:
+    if layer.bias is None or layer.bias_type is None:
+        return "false", "int8_t", "(const int8_t*)0"
+    return "true", c_int(layer.bias_type), f"{layer.name}_b"
+
+
+def _dense(layer: HlsLayer) -> str:
+    assert layer.weight is not None and layer.weight_type is not None
+    shift, bshift = _dot_shifts(layer)
+    has_bias, btype, bias = _bias_args(layer)
+    n_in, n_out = layer.inputs[0].size, layer.output.size
+    return (f"kiln::dense<{n_in}, {n_out}, {layer.nonzero_weights}, {shift}, {bshift}, "
+            f"{has_bias}, {c_int(layer.weight_type)}, {btype}>(in0, out, "
+            f"{layer.name}_row_ptr, {layer.name}_col, {layer.name}_w, {bias})")
+
+
+def _spatial(t: HlsTensor) -> tuple[int, int, int]:
+    """(C, H, W) of a channels-first tensor; 1-D tensors get H = 1."""
+    return (t.shape[0], 1, t.shape[1]) if len(t.shape) == 2 else t.shape  # type: ignore
+
+
+def _pair(values: tuple[int, ...], one_d: bool, default: int) -> tuple[int, int]:
+    return (default, values[0]) if one_d else (values[0], values[1])
+
+
+def _conv(layer: HlsLayer) -> str:
+    assert layer.weight is not None and layer.weight_type is not None
+    kind: Any = layer.op.kind  # ConvBase attributes
+    one_d = layer.kind == "conv1d"
+    c, h, w = _spatial(layer.inputs[0])
+    o, oh, ow = _spatial(layer.output)
+    kh, kw = _pair(layer.weight.shape[2:], one_d, 1)
+    sh, sw = _pair(kind.stride, one_d, 1)
+    pt, pl = _pair(kind.padding, one_d, 0)
+    dh, dw = _pair(kind.dilation, one_d, 1)
+    shift, bshift = _dot_shifts(layer)
+    has_bias, btype, bias = _bias_args(layer)
+    dims = (c, h, w, o, kh, kw, sh, sw, pt, pl, dh, dw, kind.groups, oh, ow, shift, bshift)
+    return (f"kiln::conv2d<{', '.join(map(str, dims))}, {has_bias}, "
+            f"{c_int(layer.weight_type)}, {btype}>(in0, out, {layer.name}_w, {bias})")
+
+
+def _pool(layer: HlsLayer) -> str:
+    kind: Any = layer.op.kind  # pool attributes
+    one_d = layer.kind.endswith("1d")
+    c, h, w = _spatial(layer.inputs[0])
+    _, oh, ow = _spatial(layer.output)
+    adaptive = "adaptive" in layer.op.name
+    kh, kw = (1, 1) if adaptive else _pair(kind.kernel, one_d, 1)
+    sh, sw = (1, 1) if adaptive else _pair(kind.stride, one_d, 1)
+    if layer.kind.startswith("max_pool"):
+        dh, dw = _pair(kind.dilation, one_d, 1)
+        dims = (c, h, w, kh, kw, sh, sw, dh, dw, oh, ow)
+        return f"kiln::max_pool2d<{', '.join(map(str, dims))}>(in0, out)"
+    rounding = ROUNDING[layer.output.dtype.rounding]
+    avg_dims = (c, h, w, oh, ow, kh, kw, sh, sw)
+    return (f"kiln::avg_pool2d<{', '.join(map(str, avg_dims))}, {str(adaptive).lower()}, "
+            f"kiln::{rounding}>(in0, out)")
+
+
+__all__ = ["c_int", "emit_layer", "emit_weights", "signature"]

@@ -1,0 +1,164 @@
+"""HLS C++ for fixed-point IR: `emit(module, options) -> {file name: text}`, pure.
+
+Files (paths relative to the project folder):
+- `firmware/<model>.h`: the top function's prototype and sizes;
+- `firmware/<model>.cpp`: one function per layer (`emit_layers`) and the top function
+  `void <model>(const int64_t in0[N], ..., int64_t out0[M], ...)` with `INTERFACE` pragmas;
+- `firmware/<model>_weights.h`: weights as const arrays of raw integers;
+- `firmware/kiln_fixed.h`, `kiln_layers.h`, `kiln_stream.h`: kiln's runtime headers;
+- the testbench, Makefile, Vitis scripts and README (`kiln.codegen.hls.project`).
+
+Arrays hold raw fixed-point integers (`kiln_fixed.h`); the top function's ports are the
+quantized inputs and the raws of the values the model dequantizes. Converting floats to raws
+(and back, plus any float tail such as a final softmax) is the host's job: the testbench reads
+raws, `art(x)` converts on the host with kiln's exact `quantize_fixed`/`fixed_to_float`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from kiln.codegen.hls.emit_layers import emit_layer, emit_weights
+from kiln.codegen.hls.layers import HlsTensor, Lowered, lower
+from kiln.codegen.hls.project import project_files
+from kiln.codegen.names import c_prefix
+from kiln.codegen.writer import CodeWriter
+from kiln.errors import KilnError
+from kiln.ir.graph import Module
+
+RUNTIME_HEADERS = ("kiln_fixed.h", "kiln_layers.h", "kiln_stream.h")
+
+
+@dataclass(frozen=True)
+class HlsOptions:
+    """Code generation options (the fpga target's `reuse_factor`, `io`, `part`, `clock_mhz`)."""
+
+    reuse_factor: int = 1
+    io: str = "parallel"
+    part: str = "xczu9eg-ffvb1156-2-e"
+    clock_mhz: float = 200.0
+
+    def check(self) -> None:
+        if self.reuse_factor < 1:
+            raise KilnError(f"fpga option reuse_factor={self.reuse_factor} must be >= 1")
+        if self.io != "parallel":
+            raise KilnError(f"fpga option io='{self.io}' is not implemented yet",
+                            hint="use io='parallel' (io='stream' is planned)")
+
+
+def runtime_header(name: str) -> str:
+    return resources.files("kiln.codegen.hls").joinpath("include", name).read_text()
+
+
+def model_name(module: Module) -> str:
+    return c_prefix(module.name)
+
+
+def top_signature(name: str, lowered: Lowered) -> str:
+    ins = [f"const int64_t in{i}[{t.size}]" for i, t in enumerate(lowered.inputs)]
+    outs = [f"int64_t out{i}[{t.size}]" for i, t in enumerate(lowered.outputs)]
+    return f"void {name}({', '.join(ins + outs)})"
+
+
+def _header(name: str, lowered: Lowered) -> str:
+    w = CodeWriter()
+    guard = name.upper() + "_H"
+    w.lines([f"// {name}: kiln-generated HLS top function (raw fixed-point ports).",
+             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", ""])
+    for i, t in enumerate(lowered.inputs):
+        w.line(f"#define {name.upper()}_IN{i}_SIZE {t.size}  // {t.dtype}")
+    for i, t in enumerate(lowered.outputs):
+        w.line(f"#define {name.upper()}_OUT{i}_SIZE {t.size}  // {t.dtype}")
+    w.blank()
+    w.line(top_signature(name, lowered) + ";")
+    w.blank()
+    w.line(f"#endif  // {guard}")
+    return w.text()
+
+
+def _weights(name: str, lowered: Lowered) -> str:
+    w = CodeWriter()
+    guard = name.upper() + "_WEIGHTS_H"
+    w.lines([f"// {name}: weights as raw integers of their fixed types (exact).",
+             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", ""])
+    for layer in lowered.layers:
+        emit_weights(w, layer)
+    w.line(f"#endif  // {guard}")
+    return w.text()
+
+
+def _ports(w: CodeWriter, lowered: Lowered, rf: int) -> None:
+    ports = [f"in{i}" for i in range(len(lowered.inputs))]
+    ports += [f"out{i}" for i in range(len(lowered.outputs))]
+    for port in ports:
+        w.raw(f"#pragma HLS ARRAY_RESHAPE variable={port} complete dim=0")
+        w.raw(f"#pragma HLS INTERFACE mode=ap_vld port={port}")
+    w.raw("#pragma HLS INTERFACE mode=ap_ctrl_hs port=return")
+    w.raw("#pragma HLS PIPELINE" if rf == 1 else "#pragma HLS DATAFLOW")
+
+
+def _arrays(lowered: Lowered) -> dict[HlsTensor, str]:
+    """C expression of every tensor: ports, then locals (a flatten aliases its input)."""
+    where = {t: f"in{i}" for i, t in enumerate(lowered.inputs)}
+    where.update({t: f"out{i}" for i, t in enumerate(lowered.outputs)})
+    return where
+
+
+def _body(w: CodeWriter, lowered: Lowered, rf: int) -> None:
+    where = _arrays(lowered)
+    for layer in lowered.layers:
+        out = layer.output
+        src = where[layer.inputs[0]]
+        if layer.kind == "flatten":
+            if out in where:  # an output port that is a reshape of a local: copy it
+                w.line(f"for (int i = 0; i < {out.size}; i++) {where[out]}[i] = {src}[i];")
+            else:
+                w.line(f"const int64_t* {out.name} = {src};  // {layer.source}: free")
+                where[out] = out.name
+            continue
+        if out not in where:
+            w.line(f"int64_t {out.name}[{out.size}];  // {out.dtype}")
+            w.raw(f"#pragma HLS ARRAY_PARTITION variable={out.name} " +
+                  ("complete" if rf == 1 else f"cyclic factor={-(-out.size // rf)}"))
+            where[out] = out.name
+        args = ", ".join(where[t] for t in layer.inputs)
+        w.line(f"{layer.name}({args}, {where[out]});")
+    for t in lowered.outputs:  # an output that is an input or produced before: copy
+        if where.get(t) != f"out{lowered.outputs.index(t)}" and t in lowered.inputs:
+            w.line(f"for (int i = 0; i < {t.size}; i++) out{lowered.outputs.index(t)}[i] = "
+                   f"{where[t]}[i];")
+
+
+def _source(name: str, lowered: Lowered, options: HlsOptions) -> str:
+    w = CodeWriter()
+    w.lines([f"// {name}: kiln-generated HLS C++ (io_parallel, reuse factor "
+             f"{options.reuse_factor}).", f'#include "{name}.h"', f'#include "{name}_weights.h"',
+             '#include "kiln_layers.h"', ""])
+    for layer in lowered.layers:
+        if layer.kind != "flatten":
+            emit_layer(w, layer)
+    with w.block(top_signature(name, lowered)):
+        _ports(w, lowered, options.reuse_factor)
+        _body(w, lowered, options.reuse_factor)
+    return w.text()
+
+
+def emit_lowered(module: Module, lowered: Lowered, options: HlsOptions) -> dict[str, str]:
+    """The project's files for an already lowered module."""
+    name = model_name(module)
+    files = {f"firmware/{name}.h": _header(name, lowered),
+             f"firmware/{name}.cpp": _source(name, lowered, options),
+             f"firmware/{name}_weights.h": _weights(name, lowered)}
+    files.update({f"firmware/{h}": runtime_header(h) for h in RUNTIME_HEADERS})
+    files.update(project_files(name, lowered, options))
+    return files
+
+
+def emit(module: Module, options: HlsOptions) -> dict[str, str]:
+    """Lower and emit (module docstring); raises a `KilnError` for unsupported layers."""
+    options.check()
+    return emit_lowered(module, lower(module, options.reuse_factor, options.io), options)
+
+
+__all__ = ["HlsOptions", "emit", "emit_lowered", "model_name", "top_signature"]

@@ -1,0 +1,139 @@
+"""The project around the firmware: C-simulation testbench, Makefile, Vitis scripts, README.
+
+Testbench protocol (`tb_<model>.cpp`): `./csim INPUT OUTPUT [GOLDEN]`. INPUT has one sample per
+line: the raw integers of every input port, concatenated, space separated. OUTPUT gets the raw
+integers of every output port per sample. With GOLDEN (same format as OUTPUT), every raw is
+compared and the program exits 1 on any difference (bit-exact check). The `tb_data/` files of
+an exported project were written from kiln's interpreter (`tb_input_features.dat`,
+`tb_output_predictions.dat`), so `make csim` checks the C++ against kiln.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kiln.codegen.hls.layers import Lowered
+from kiln.codegen.writer import CodeWriter
+
+if TYPE_CHECKING:
+    from kiln.codegen.hls.emitter import HlsOptions
+
+CXXFLAGS = "-O2 -std=c++14 -Wall -Wno-unused-label -Wno-unknown-pragmas"
+
+
+def testbench(name: str, lowered: Lowered) -> str:
+    w = CodeWriter()
+    w.lines([f"// C-simulation testbench for {name} (protocol: kiln/codegen/hls/project.py).",
+             "#include <cstdio>", "#include <cstdlib>", "#include <fstream>", "#include <sstream>",
+             "#include <string>", "#include <vector>", f'#include "{name}.h"', ""])
+    n_in = sum(t.size for t in lowered.inputs)
+    n_out = sum(t.size for t in lowered.outputs)
+    with w.block("static bool read_line(std::ifstream& f, std::vector<long long>& v, size_t n)"):
+        w.lines(["std::string line;", "if (!std::getline(f, line)) return false;",
+                 "std::istringstream s(line);", "v.assign(n, 0);",
+                 "for (size_t i = 0; i < n; i++) if (!(s >> v[i])) return false;",
+                 "return true;"])
+    with w.block("int main(int argc, char** argv)"):
+        w.lines(['if (argc < 3) { std::fprintf(stderr, "usage: %s IN OUT [GOLDEN]\\n", argv[0]);'
+                 " return 2; }",
+                 "std::ifstream fin(argv[1]);", "std::ofstream fout(argv[2]);",
+                 "std::ifstream fgold;", "if (argc > 3) fgold.open(argv[3]);",
+                 "std::vector<long long> x, gold;", "long samples = 0, mismatches = 0;"])
+        with w.block(f"while (read_line(fin, x, {n_in}))"):
+            _call(w, name, lowered)
+            w.line(f"long long y[{max(n_out, 1)}];")
+            w.line("size_t k = 0;")
+            for i, t in enumerate(lowered.outputs):
+                w.line(f"for (int i = 0; i < {t.size}; i++) y[k++] = out{i}[i];")
+            w.line(f"for (int i = 0; i < {n_out}; i++) fout << y[i] << "
+                   f"(i + 1 < {n_out} ? ' ' : '\\n');")
+            with w.block(f"if (argc > 3 && read_line(fgold, gold, {n_out}))"):
+                w.line(f"for (int i = 0; i < {n_out}; i++) mismatches += y[i] != gold[i];")
+            w.line("samples++;")
+        w.line('std::printf("%ld samples, %ld mismatching raws\\n", samples, mismatches);')
+        w.line("return mismatches ? 1 : 0;")
+    return w.text()
+
+
+def _call(w: CodeWriter, name: str, lowered: Lowered) -> None:
+    offset = 0
+    for i, t in enumerate(lowered.inputs):
+        w.line(f"int64_t in{i}[{t.size}];")
+        w.line(f"for (int i = 0; i < {t.size}; i++) in{i}[i] = x[{offset} + i];")
+        offset += t.size
+    for i, t in enumerate(lowered.outputs):
+        w.line(f"int64_t out{i}[{t.size}];")
+    ports = [f"in{i}" for i in range(len(lowered.inputs))]
+    ports += [f"out{i}" for i in range(len(lowered.outputs))]
+    w.line(f"{name}({', '.join(ports)});")
+
+
+def makefile(name: str) -> str:
+    return "\n".join([
+        f"# C-simulation of {name} with plain g++ (no Vitis needed).",
+        "CXX ?= g++", f"CXXFLAGS ?= {CXXFLAGS}", "",
+        ".PHONY: csim clean", "",
+        f"csim: csim_{name}",
+        f"\t./csim_{name} tb_data/tb_input_features.dat tb_data/csim_results.dat "
+        "tb_data/tb_output_predictions.dat", "",
+        f"csim_{name}: tb_{name}.cpp firmware/{name}.cpp firmware/*.h",
+        f"\t$(CXX) $(CXXFLAGS) -Ifirmware -o $@ tb_{name}.cpp firmware/{name}.cpp", "",
+        "clean:", f"\trm -f csim_{name} tb_data/csim_results.dat", ""])
+
+
+def run_hls_tcl(name: str, options: HlsOptions) -> str:
+    period = 1000.0 / options.clock_mhz
+    return "\n".join([
+        f"# Vitis HLS script for {name}: vitis_hls -f run_hls.tcl",
+        f"open_project -reset {name}_prj", f"set_top {name}",
+        f"add_files firmware/{name}.cpp -cflags \"-std=c++14 -Ifirmware\"",
+        f"add_files -tb tb_{name}.cpp -cflags \"-std=c++14 -Ifirmware\"",
+        "add_files -tb tb_data", "open_solution -reset solution1 -flow_target vivado",
+        f"set_part {{{options.part}}}", f"create_clock -period {period:.3f} -name default",
+        "csim_design -argv {tb_data/tb_input_features.dat tb_data/csim_results.dat "
+        "tb_data/tb_output_predictions.dat}",
+        "csynth_design", "cosim_design -argv {tb_data/tb_input_features.dat "
+        "tb_data/cosim_results.dat tb_data/tb_output_predictions.dat}",
+        "export_design -format ip_catalog", "exit", ""])
+
+
+def hls_config(name: str, options: HlsOptions) -> str:
+    return "\n".join([
+        f"# v++ -c --mode hls --config hls_config.cfg  (Vitis 2023.2+ unified flow) for {name}",
+        f"part={options.part}", "", "[hls]", "flow_target=vivado",
+        "package.output.format=ip_catalog",
+        f"clock={1000.0 / options.clock_mhz:.3f}ns", f"syn.top={name}",
+        f"syn.file=firmware/{name}.cpp", "syn.cflags=-std=c++14 -Ifirmware",
+        f"tb.file=tb_{name}.cpp", "tb.file=tb_data", "tb.cflags=-std=c++14 -Ifirmware",
+        "csim.argv=tb_data/tb_input_features.dat tb_data/csim_results.dat "
+        "tb_data/tb_output_predictions.dat", ""])
+
+
+def readme(name: str, lowered: Lowered, options: HlsOptions) -> str:
+    rows = [f"| {layer.name} | {layer.kind} | {list(layer.output.shape)} | "
+            f"`{layer.output.dtype}` | {layer.nonzero_weights} | {layer.source} |"
+            for layer in lowered.layers]
+    tail = ", ".join(op.name for op in lowered.tail) or "none"
+    return "\n".join([
+        f"# {name}: HLS project generated by kiln", "",
+        f"Architecture io_{options.io}, reuse factor {options.reuse_factor}, part "
+        f"{options.part}, clock {options.clock_mhz} MHz.", "",
+        "- `make csim` builds the C-simulation with g++ and checks it bit for bit against the",
+        "  golden vectors kiln's interpreter wrote to `tb_data/` (exit status 1 on a mismatch).",
+        "- `vitis_hls -f run_hls.tcl` runs csim, csynth, cosim and exports the IP;",
+        "  `v++ -c --mode hls --config hls_config.cfg` is the unified-flow equivalent.", "",
+        "Ports carry raw fixed-point integers (value = raw * 2^-F, F = W - I of the port's type",
+        f"in `firmware/{name}.h`). Host-side steps kiln does around the IP: quantize the inputs,",
+        f"dequantize the outputs, and the float tail ({tail}).", "",
+        "| function | kind | output shape | type | non-zero weights | source |",
+        "|---|---|---|---|---|---|", *rows, ""])
+
+
+def project_files(name: str, lowered: Lowered, options: HlsOptions) -> dict[str, str]:
+    return {f"tb_{name}.cpp": testbench(name, lowered), "Makefile": makefile(name),
+            "run_hls.tcl": run_hls_tcl(name, options),
+            "hls_config.cfg": hls_config(name, options), "README.md": readme(name, lowered,
+                                                                              options)}
+
+
+__all__ = ["CXXFLAGS", "project_files", "testbench"]

@@ -1,0 +1,70 @@
+"""The fpga target's C-simulation: g++ build into the content-addressed cache, batch runs.
+
+The cache key covers every generated file, the flags and the compiler's version line, so a
+second compile of the same model runs no compiler. A failed build's folder (with
+`csim_build.log`) stays under `<cache>/failed/<key>/` and the `CompileError` names the log.
+One run feeds many samples: the host writes raw input integers one sample per line
+(`kiln.codegen.hls.project` describes the protocol), the program writes the output raws.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kiln.codegen.hls.project import CXXFLAGS
+from kiln.errors import KilnError
+from kiln.targets.cache import BuildCache, cache_key
+from kiln.targets.toolchains import gxx
+
+_CACHE_FORMAT = "kiln-hls-csim-1"
+
+
+@dataclass(frozen=True)
+class Csim:
+    """A built C-simulation program and the folder its build log lives in."""
+
+    binary: Path
+    n_out: int
+
+    @property
+    def log(self) -> Path:
+        return self.binary.parent / "csim_build.log"
+
+    def run(self, raws: np.ndarray) -> np.ndarray:
+        """Rows of input raws (one sample each) → rows of output raws."""
+        with tempfile.TemporaryDirectory(prefix="kiln-csim-") as tmp:
+            src, dst = Path(tmp) / "in.dat", Path(tmp) / "out.dat"
+            np.savetxt(src, np.atleast_2d(raws), fmt="%d")
+            result = gxx.run([str(self.binary), str(src), str(dst)])
+            if result.returncode != 0:
+                raise KilnError(f"the C-simulation {self.binary} failed "
+                                f"(exit {result.returncode}): {result.stderr.strip()[-300:]}")
+            out = np.loadtxt(dst, dtype=np.int64, ndmin=2)
+        return out.reshape(-1, self.n_out)
+
+
+def build_csim(files: dict[str, str], name: str, n_out: int, cache_dir: str | None,
+               cxx: str = "g++") -> Csim:
+    """Build (or find in the cache) the C-simulation of the project `files`."""
+    toolchain = gxx.find(cxx)
+    sources = sorted(k for k in files if k.startswith("firmware/") or k == f"tb_{name}.cpp")
+    parts = [f"{k}\n{files[k]}" for k in sources]
+    key = cache_key(_CACHE_FORMAT, toolchain.version, CXXFLAGS, *parts)
+    cache = BuildCache(cache_dir)
+
+    def compile_into(work: Path) -> None:
+        for rel in sources:
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            (work / rel).write_text(files[rel])
+        gxx.build(toolchain, work, [f"tb_{name}.cpp", f"firmware/{name}.cpp"], "csim",
+                  [*CXXFLAGS.split(), "-Ifirmware"])
+
+    entry = cache.lookup(key) or cache.store(key, compile_into)
+    return Csim(entry / "csim", n_out)
+
+
+__all__ = ["Csim", "build_csim"]
