@@ -28,7 +28,9 @@ from kiln.targets.target import Artifact, get_target
 PASS_OPTIONS = ("calibration_data", "sample_inputs", "print_ir_after", "print_ir_after_change",
                 "output", "verify", "check_numerics", "numerics_inputs", "numerics_rtol",
                 "dump_dir", "time_passes", "reproducer_dir")
-"""`kiln.compile` options that go to the pass manager; every other option goes to the target."""
+"""`kiln.compile` options that go to the pass manager; every other option goes to the target.
+A target that declares an `example_inputs` or `calibration_data` option also receives those
+values (its build may check ranges or quantize)."""
 
 
 def _as_tuple(inputs: Any) -> tuple[Any, ...]:
@@ -134,10 +136,10 @@ def compile_model(model: Any, example_inputs: Any = None, *, target: str = "refe
         {k: v for k, v in options.items() if k not in PASS_OPTIONS})
     start = time.perf_counter()
     inputs = _as_tuple(example_inputs)
-    if "example_inputs" in target_options and target_options["example_inputs"] is None:
-        target_options["example_inputs"] = inputs  # targets that check value ranges (gpu fp16)
-    if "calibration_data" in target_options:  # targets that quantize in their build (fpga)
-        target_options["calibration_data"] = pass_options.get("calibration_data")
+    shared = {"example_inputs": inputs, "calibration_data": pass_options.get("calibration_data")}
+    for key, value in shared.items():  # for targets that declare them (gpu fp16 check, fpga)
+        if key in target_options and target_options[key] is None:
+            target_options[key] = value
     module = to_module(model, inputs)
     chosen = pipeline if pipeline is not None else backend.pipeline
     optimized = run_passes(module, chosen, **pass_options)
