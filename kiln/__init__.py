@@ -26,8 +26,8 @@ __all__ = ["KilnError", "compile", "export_onnx", "import_onnx", "interpret", "l
 
 def trace(model: Any, example_inputs: Any) -> Module:
     """Trace a `torch.nn.Module` (torch.export, falling back to torch.fx) into a kiln Module."""
-    from kiln.frontend.torch_trace import trace as _trace
-    return _trace(model, example_inputs)
+    from kiln.compiler.frontend_dispatch import trace_torch
+    return trace_torch(model, example_inputs)
 
 
 def import_onnx(path_or_model: Any,

@@ -30,7 +30,19 @@ def to_module(model: Any, example_inputs: Any) -> Module:
         if not example_inputs:
             raise KilnError("tracing a PyTorch model needs example_inputs",
                             hint="kiln.compile(model, (torch.randn(1, 3, 32, 32),), ...)")
-        from kiln.frontend.torch_trace import trace
-        return trace(model, example_inputs)
+        return trace_torch(model, example_inputs)
     raise KilnError(f"kiln cannot compile a {type(model).__name__}",
                     hint="pass a torch.nn.Module, a kiln Module, or a .onnx / .kir file")
+
+
+def trace_torch(model: Any, example_inputs: Any) -> Module:
+    """Trace a torch model; first let Triton pick its interpreter on a machine without CUDA.
+
+    Tracing imports Triton through torch, and Triton fixes interpreter-or-GPU at import: doing
+    it here keeps a later `target="gpu"` compile working in the same process.
+    """
+    from kiln.frontend.torch_trace import trace
+    from kiln.targets.gpu_runtime import prefer_interpreter
+
+    prefer_interpreter()
+    return trace(model, example_inputs)

@@ -60,3 +60,18 @@ def test_save_writes_ir_files_and_report(mlp: torch.nn.Module, tmp_path: Path) -
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["ops"] == art.report()["ops"]
     assert kiln.load(tmp_path / "out" / "model.kir") == art.ir
+
+
+def test_cpu_then_gpu_in_one_process() -> None:
+    """Tracing imports Triton through torch; a later gpu compile must still find the interpreter
+    on a machine without CUDA (a fresh process, since this one may have imported Triton)."""
+    import subprocess
+    import sys
+
+    code = ("import kiln; from kiln.models import get_model, example_inputs; "
+            "m = get_model('digits_mlp'); x = example_inputs('digits_mlp'); "
+            "kiln.trace(m, x); art = kiln.compile(m, x, target='gpu'); "
+            "assert art.report()['max_rel_error_vs_source'] < 1e-4")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
