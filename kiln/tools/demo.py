@@ -1,8 +1,10 @@
 """`make demo`: compile every bundled model and show what kiln did to it.
 
-For each model: trace it, run the default pipeline, print the optimized IR, the op counts before
-and after, and the numerics check against PyTorch on random inputs (real digits for the digits
-models). Exit status 1 when any model fails its check.
+Part 1, for each bundled model: trace it, run the default pipeline, print the optimized IR, the
+op counts before and after, and the numerics check against PyTorch on random inputs (real
+digits for the digits models). Part 2: the bundled example model (the trained digits CNN)
+compiled for every target, with each target's report and its accuracy on real test digits.
+Exit status 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -50,6 +52,45 @@ def demo_model(name: str, show_ir: bool, out: TextIO = sys.stdout) -> bool:
     return ok
 
 
+EXAMPLE = "digits_cnn"
+TARGET_TOLERANCE = {"reference": 1e-4, "cpu": 1e-4, "gpu": 1e-4, "fpga": 2e-2, "asic": 2e-2}
+"""Max rel error vs PyTorch per target: fp32 targets 1e-4; fpga/asic run 16-bit fixed point."""
+REPORT_KEYS = ("ops", "fused_groups", "compile_seconds", "runtime", "arena_bytes",
+               "latency_cycles", "ii", "dsp", "bram", "lut", "ff", "fits", "area_um2",
+               "energy_pj")
+
+
+def demo_targets(out: TextIO = sys.stdout, samples: int = 100) -> bool:
+    """Compile the example model for every target; print reports and digits accuracy."""
+    import kiln
+    from kiln.errors import KilnError
+    from kiln.models import example_inputs, get_model, load_digits_data
+    from kiln.targets.target import target_names
+
+    model = get_model(EXAMPLE)
+    x, y = load_digits_data("test")
+    ok = True
+    for target in target_names():
+        print(f"\n=== {EXAMPLE} -> target '{target}' ===", file=out)
+        try:
+            art = kiln.compile(model, example_inputs(EXAMPLE), target=target)
+            report = art.report()
+            preds = [int(np.argmax(art(x[i:i + 1]))) for i in range(samples)]
+        except KilnError as exc:
+            print(f"FAILED: {exc}", file=out)
+            ok = False
+            continue
+        accuracy = 100.0 * float(np.mean(np.array(preds) == y[:samples]))
+        err = report["max_rel_error_vs_source"]
+        good = err <= TARGET_TOLERANCE.get(target, 1e-4)
+        ok &= good
+        shown = {k: report[k] for k in REPORT_KEYS if k in report}
+        print("  " + ", ".join(f"{k}={v}" for k, v in shown.items()), file=out)
+        print(f"  accuracy on {samples} test digits: {accuracy:.1f} %; max rel error vs PyTorch "
+              f"{err:.2e} ({'ok' if good else 'FAILED'})", file=out)
+    return ok
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from kiln.models import list_models
 
@@ -60,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.models or list_models()
     results = [demo_model(n, show_ir=not args.no_ir) for n in names]
     print(f"\n{sum(results)}/{len(results)} models compiled within tolerance")
-    return 0 if all(results) else 1
+    targets_ok = demo_targets()
+    return 0 if all(results) and targets_ok else 1
 
 
 if __name__ == "__main__":
