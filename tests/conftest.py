@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import zlib
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
