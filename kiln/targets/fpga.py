@@ -20,6 +20,12 @@ op semantics, so `art(x)` equals `interpret(art.artifact.module, x)` bit for bit
 0, float tail included). `art.report()` merges the estimator's totals and per-layer costs
 (`kiln.targets.cost`) with each layer's chosen precision.
 
+`reuse_factor` is one int or a dict layer name → RF (the estimator's layer names, e.g. `fc1`;
+unnamed layers get 1); it changes pragmas only, never the arithmetic. `budget={"dsp": 500,
+...}` (keys of `kiln.targets.cost.budget`) runs the budget search on the fixed-point module
+and builds with the per-layer reuse factors it chose; `report()["budget"]` holds the request,
+the choice and the Pareto table, and the totals are those of the chosen configuration.
+
 Bad input: an op without an HLS implementation (every one named with its source line, before
 any C++ is compiled); a precision too narrow for a calibrated range (a layer's type would have
 negative fraction bits: the error names the layer and the narrowest width that works); a
@@ -38,6 +44,7 @@ import numpy as np
 
 from kiln.codegen.hls import HlsOptions, Lowered, emit_lowered, lower
 from kiln.codegen.hls.emitter import model_name
+from kiln.codegen.hls.layers import ReuseFactor
 from kiln.errors import KilnError
 from kiln.ir.graph import Module, Op, Value
 from kiln.ir.interpret import interpret_all
@@ -66,6 +73,7 @@ class FpgaArtifact:
     options: HlsOptions
     files: dict[str, str]
     precision: int | None
+    budget: dict[str, Any] | None = None
 
     def raws_in(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Quantize on the host: one row of input raws per sample (batch rows of a sample)."""
@@ -128,6 +136,7 @@ class FpgaArtifact:
             "hls_functions": [layer_row(layer) for layer in self.lowered.layers],
             "host_tail": [op.name for op in self.lowered.tail],
             "csim_build_log": str(self.csim.log),
+            **({"budget": self.budget} if self.budget is not None else {}),
         }
 
     def export(self, directory: Path) -> Path:
@@ -144,7 +153,7 @@ def layer_row(layer: Any) -> dict[str, Any]:
             "shape": list(layer.output.shape), "type": str(layer.output.dtype),
             "weight_type": str(layer.weight_type) if layer.weight_type else None,
             "nonzero_weights": layer.nonzero_weights, "multiplies": layer.multiplies,
-            "reuse_factor": layer.reuse_factor}
+            "reuse_factor": layer.reuse_factor, "label": layer.label}
 
 
 def _calibration(options: Mapping[str, Any]) -> Any:
@@ -208,15 +217,10 @@ def golden_files(module: Module, lowered: Lowered, inputs: Sequence[Any]) -> dic
             "tb_data/tb_output_predictions.dat": " ".join(map(str, rows_out.tolist())) + "\n"}
 
 
-def build(module: Module, options: Mapping[str, Any]) -> FpgaArtifact:
-    """Fixed point, lowering, HLS C++ and the C-simulation build (module docstring)."""
-    if options.get("budget") is not None:
-        raise KilnError("fpga option budget: the budget search is not implemented yet",
-                        hint="choose reuse_factor and precision by hand for now")
-    hls = HlsOptions(int(options["reuse_factor"]), str(options["io"]), str(options["part"]),
-                     float(options["clock_mhz"]))
+def build_hls(fixed: Module, options: Mapping[str, Any], hls: HlsOptions) -> FpgaArtifact:
+    """Lowering, HLS C++ (either flavor) and the C-simulation build of a fixed-point module;
+    shared by the fpga and asic targets."""
     hls.check()
-    fixed = to_fixed(module, options)
     lowered = lower(fixed, hls.reuse_factor, hls.io)
     check_precision(lowered, options.get("precision") or DEFAULT_PRECISION)
     log_precision(lowered)
@@ -226,6 +230,41 @@ def build(module: Module, options: Mapping[str, Any]) -> FpgaArtifact:
     csim = build_csim(files, name, sum(t.size for t in lowered.outputs),
                       options.get("cache_dir"), str(options.get("cxx") or "g++"))
     return FpgaArtifact(fixed, lowered, csim, hls, files, options.get("precision"))
+
+
+def reuse_option(value: Any) -> ReuseFactor:
+    """The `reuse_factor` option: an int, or a dict layer name → int."""
+    if isinstance(value, Mapping):
+        return {str(k): int(v) for k, v in value.items()}
+    return int(value)
+
+
+def budget_search(fixed: Module, options: Mapping[str, Any]) -> tuple[ReuseFactor,
+                                                                        dict[str, Any]]:
+    """Per-layer reuse factors meeting `options["budget"]` (the search's `KilnError` when
+    none does) and the report's `budget` entry."""
+    from kiln.targets.cost.budget import search
+
+    budget = dict(options["budget"])
+    result = search(fixed, str(options["part"]), budget,
+                    clock_mhz=float(options["clock_mhz"]), io=options["io"])
+    chosen = {k: v for k, v in result.reuse_factor.items() if v != 1}
+    logger.info("fpga: budget %s met with reuse factors %s", budget, chosen or 1)
+    return chosen, {"requested": budget, "chosen_reuse_factor": dict(result.reuse_factor),
+                    "pareto": result.pareto}
+
+
+def build(module: Module, options: Mapping[str, Any]) -> FpgaArtifact:
+    """Fixed point, budget search, lowering, HLS C++ and the C-simulation build."""
+    fixed = to_fixed(module, options)
+    rf, budget = reuse_option(options["reuse_factor"]), None
+    if options.get("budget") is not None:
+        rf, budget = budget_search(fixed, options)
+    hls = HlsOptions(rf, str(options["io"]), str(options["part"]), float(options["clock_mhz"]))
+    hls.check()
+    art = build_hls(fixed, options, hls)
+    art.budget = budget
+    return art
 
 
 TARGET = Target(

@@ -41,6 +41,13 @@ class Target:
     pipeline: str
     build: Callable[[Module, Mapping[str, Any]], Artifact]
     options: Mapping[str, Any] = field(default_factory=dict)
+    pipeline_for: Callable[[Mapping[str, Any]], str] | None = None
+    """The default pipeline given the resolved options (e.g. cpu's `quantize="int8"` adds the
+    quantize pass); None: always `pipeline`."""
+
+    def default_pipeline(self, options: Mapping[str, Any]) -> str:
+        """The pipeline to run when the user names none."""
+        return self.pipeline if self.pipeline_for is None else self.pipeline_for(options)
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with `given`; an unknown option is a clear error."""
@@ -57,6 +64,7 @@ _TARGETS: dict[str, str] = {
     "cpu": "kiln.targets.cpu:TARGET",
     "gpu": "kiln.targets.gpu:TARGET",
     "fpga": "kiln.targets.fpga:TARGET",
+    "asic": "kiln.targets.asic:TARGET",
 }
 """Target name → `module:attribute`, imported on first use (a GPU toolchain loads only when
 someone compiles for the GPU). Explicit: new targets add a line here."""

@@ -4,7 +4,8 @@ Each layer function is `static void <name>(const int64_t in0[N0], ..., int64_t o
 The reuse factor R decides the pragmas as in hls4ml: `PIPELINE II=R` on the layer, weights and
 activations partitioned `complete` for R = 1, `cyclic factor=ceil(N/R)` otherwise, so each
 multiplier is reused R times. Weights are emitted by `emit_weights` as const arrays of raw
-integers (the narrowest C integer type that holds the weight type's width).
+integers (the narrowest C integer type that holds the weight type's width). With
+`flavor="asic"` the same function is written without any pragma (see `emitter`).
 """
 
 from __future__ import annotations
@@ -77,13 +78,15 @@ def signature(layer: HlsLayer) -> str:
     return f"static void {layer.name}({', '.join(params)}, int64_t out[{layer.output.size}])"
 
 
-def emit_layer(w: CodeWriter, layer: HlsLayer) -> None:
+def emit_layer(w: CodeWriter, layer: HlsLayer, flavor: str = "fpga") -> None:
     """The layer's function (module docstring)."""
-    w.line(f"// {layer.kind} {layer.output.dtype} <- {layer.source}")
+    w.line(f"// {layer.kind} {layer.output.dtype} <- {layer.source}"
+           + (f" (reuse factor {layer.reuse_factor})" if layer.weight is not None else ""))
     with w.block(signature(layer)):
-        w.raw("#pragma HLS INLINE off")
-        w.raw(f"#pragma HLS PIPELINE II={layer.reuse_factor}")
-        if layer.weight is not None:
+        if flavor == "fpga":
+            w.raw("#pragma HLS INLINE off")
+            w.raw(f"#pragma HLS PIPELINE II={layer.reuse_factor}")
+        if layer.weight is not None and flavor == "fpga":
             _partition(w, f"{layer.name}_w", layer.weight.size, layer.reuse_factor)
         w.line(_call(layer) + ";")
     w.blank()

@@ -12,36 +12,52 @@ Arrays hold raw fixed-point integers (`kiln_fixed.h`); the top function's ports 
 quantized inputs and the raws of the values the model dequantizes. Converting floats to raws
 (and back, plus any float tail such as a final softmax) is the host's job: the testbench reads
 raws, `art(x)` converts on the host with kiln's exact `quantize_fixed`/`fixed_to_float`.
+
+`flavor="asic"` writes the same C++ for ASIC HLS flows (Catapult, Stratus, ...): no Vitis
+pragmas at all (no `INTERFACE`/`ap_ctrl_hs`, `ARRAY_PARTITION`/`RESHAPE`, `PIPELINE`,
+`DATAFLOW`, no `hls::stream` header), since they name FPGA primitives or a Vitis port
+protocol that has no ASIC meaning; the tool's own directives set the micro-architecture.
+Weights stay `static const` arrays, i.e. ROMs, each with a comment on how to map it (logic
+ROM, or a ROM/SRAM macro from the memory compiler), and no Vitis scripts are written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
 from kiln.codegen.hls.emit_layers import emit_layer, emit_weights
-from kiln.codegen.hls.layers import HlsTensor, Lowered, lower
-from kiln.codegen.hls.project import project_files
+from kiln.codegen.hls.layers import HlsTensor, Lowered, ReuseFactor, lower
+from kiln.codegen.hls.project import project_files, reuse_text
 from kiln.codegen.names import c_prefix
 from kiln.codegen.writer import CodeWriter
 from kiln.errors import KilnError
 from kiln.ir.graph import Module
 
 RUNTIME_HEADERS = ("kiln_fixed.h", "kiln_layers.h", "kiln_stream.h")
+ASIC_HEADERS = ("kiln_fixed.h", "kiln_layers.h")
+FLAVORS = ("fpga", "asic")
 
 
 @dataclass(frozen=True)
 class HlsOptions:
-    """Code generation options (the fpga target's `reuse_factor`, `io`, `part`, `clock_mhz`)."""
+    """Code generation options (the fpga target's `reuse_factor` — one int, or layer name →
+    int — `io`, `part`, `clock_mhz`; `flavor` "fpga" (Vitis) or "asic" (module docstring))."""
 
-    reuse_factor: int = 1
+    reuse_factor: ReuseFactor = 1
     io: str = "parallel"
     part: str = "xczu9eg-ffvb1156-2-e"
     clock_mhz: float = 200.0
+    flavor: str = "fpga"
 
     def check(self) -> None:
-        if self.reuse_factor < 1:
-            raise KilnError(f"fpga option reuse_factor={self.reuse_factor} must be >= 1")
+        rfs = self.reuse_factor.values() if isinstance(self.reuse_factor, Mapping) \
+            else [self.reuse_factor]
+        if any(int(rf) < 1 for rf in rfs):
+            raise KilnError(f"option reuse_factor={self.reuse_factor} must be >= 1")
+        if self.flavor not in FLAVORS:
+            raise KilnError(f"HLS flavor '{self.flavor}' is not one of {', '.join(FLAVORS)}")
         if self.io != "parallel":
             raise KilnError(f"fpga option io='{self.io}' is not implemented yet",
                             hint="use io='parallel' (io='stream' is planned)")
@@ -77,10 +93,16 @@ def _header(name: str, lowered: Lowered) -> str:
     return w.text()
 
 
-def _weights(name: str, lowered: Lowered) -> str:
+ROM_NOTE = ["// Memory mapping (ASIC): every array below is a read-only table (ROM). Small ones",
+            "// synthesize to logic; map large ones to a ROM or SRAM macro of your memory",
+            "// compiler with the HLS tool's memory directives (word = one weight, depth = size)."]
+
+
+def _weights(name: str, lowered: Lowered, flavor: str) -> str:
     w = CodeWriter()
     guard = name.upper() + "_WEIGHTS_H"
     w.lines([f"// {name}: weights as raw integers of their fixed types (exact).",
+             *(ROM_NOTE if flavor == "asic" else []),
              f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", ""])
     for layer in lowered.layers:
         emit_weights(w, layer)
@@ -89,6 +111,7 @@ def _weights(name: str, lowered: Lowered) -> str:
 
 
 def _ports(w: CodeWriter, lowered: Lowered, rf: int) -> None:
+    """Vitis port protocol; one PIPELINE when every layer is fully parallel, else DATAFLOW."""
     ports = [f"in{i}" for i in range(len(lowered.inputs))]
     ports += [f"out{i}" for i in range(len(lowered.outputs))]
     for port in ports:
@@ -105,7 +128,7 @@ def _arrays(lowered: Lowered) -> dict[HlsTensor, str]:
     return where
 
 
-def _body(w: CodeWriter, lowered: Lowered, rf: int) -> None:
+def _body(w: CodeWriter, lowered: Lowered, flavor: str) -> None:
     where = _arrays(lowered)
     for layer in lowered.layers:
         out = layer.output
@@ -119,8 +142,10 @@ def _body(w: CodeWriter, lowered: Lowered, rf: int) -> None:
             continue
         if out not in where:
             w.line(f"int64_t {out.name}[{out.size}];  // {out.dtype}")
-            w.raw(f"#pragma HLS ARRAY_PARTITION variable={out.name} " +
-                  ("complete" if rf == 1 else f"cyclic factor={-(-out.size // rf)}"))
+            rf = layer.reuse_factor
+            if flavor == "fpga":
+                w.raw(f"#pragma HLS ARRAY_PARTITION variable={out.name} " +
+                      ("complete" if rf == 1 else f"cyclic factor={-(-out.size // rf)}"))
             where[out] = out.name
         args = ", ".join(where[t] for t in layer.inputs)
         w.line(f"{layer.name}({args}, {where[out]});")
@@ -132,15 +157,18 @@ def _body(w: CodeWriter, lowered: Lowered, rf: int) -> None:
 
 def _source(name: str, lowered: Lowered, options: HlsOptions) -> str:
     w = CodeWriter()
-    w.lines([f"// {name}: kiln-generated HLS C++ (io_parallel, reuse factor "
-             f"{options.reuse_factor}).", f'#include "{name}.h"', f'#include "{name}_weights.h"',
-             '#include "kiln_layers.h"', ""])
+    what = ("HLS C++ for ASIC flows (no FPGA pragmas)" if options.flavor == "asic"
+            else "HLS C++ (io_parallel")
+    w.lines([f"// {name}: kiln-generated {what}, reuse factor {reuse_text(lowered)}"
+             + (")." if options.flavor == "fpga" else "."), f'#include "{name}.h"',
+             f'#include "{name}_weights.h"', '#include "kiln_layers.h"', ""])
     for layer in lowered.layers:
         if layer.kind != "flatten":
-            emit_layer(w, layer)
+            emit_layer(w, layer, options.flavor)
     with w.block(top_signature(name, lowered)):
-        _ports(w, lowered, options.reuse_factor)
-        _body(w, lowered, options.reuse_factor)
+        if options.flavor == "fpga":
+            _ports(w, lowered, max((la.reuse_factor for la in lowered.layers), default=1))
+        _body(w, lowered, options.flavor)
     return w.text()
 
 
@@ -149,8 +177,9 @@ def emit_lowered(module: Module, lowered: Lowered, options: HlsOptions) -> dict[
     name = model_name(module)
     files = {f"firmware/{name}.h": _header(name, lowered),
              f"firmware/{name}.cpp": _source(name, lowered, options),
-             f"firmware/{name}_weights.h": _weights(name, lowered)}
-    files.update({f"firmware/{h}": runtime_header(h) for h in RUNTIME_HEADERS})
+             f"firmware/{name}_weights.h": _weights(name, lowered, options.flavor)}
+    headers = ASIC_HEADERS if options.flavor == "asic" else RUNTIME_HEADERS
+    files.update({f"firmware/{h}": runtime_header(h) for h in headers})
     files.update(project_files(name, lowered, options))
     return files
 
@@ -161,4 +190,4 @@ def emit(module: Module, options: HlsOptions) -> dict[str, str]:
     return emit_lowered(module, lower(module, options.reuse_factor, options.io), options)
 
 
-__all__ = ["HlsOptions", "emit", "emit_lowered", "model_name", "top_signature"]
+__all__ = ["FLAVORS", "HlsOptions", "emit", "emit_lowered", "model_name", "top_signature"]

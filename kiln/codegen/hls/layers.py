@@ -1,6 +1,7 @@
 """Lowering of fixed-point IR to HLS layers: the plain list the emitter and the estimators read.
 
-`lower(module, reuse_factor, io)` splits `@main` into three parts:
+`lower(module, reuse_factor, io)` (one RF for every layer, or a dict layer name → RF where
+unnamed layers get 1) splits `@main` into three parts:
 - the host prologue: `kiln.quantize` of each function argument (the C top function takes the
   quantized raws, so the testbench and `art(x)` convert floats on the host, bit-exactly);
 - the HLS body: every op on fixed-point values, one `HlsLayer` each (weights become const
@@ -14,11 +15,14 @@ line, before any C++ is written or compiled.
 
 `HlsLayer` is the contract with the resource/latency estimators (`kiln.targets.cost`): op kind,
 input/output shapes (batch dropped), fixed types, weight shape and non-zero count, reuse factor,
-io mode and the layer name the user knows (the op's location scope or value name).
+io mode and the layer name the user knows (`label`: the estimator's layer name, e.g. `fc1` for
+the dense op and the requantize after it, so a per-layer reuse factor dict speaks the same
+names to the emitter and to `kiln.targets.cost`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +31,10 @@ from kiln.errors import Diagnostic, KilnError
 from kiln.ir.graph import Module, Op, Value
 from kiln.ir.ops.core import Weight
 from kiln.ir.types import FixedType
+from kiln.targets.cost.fpga_layers import output_of
+
+ReuseFactor = int | Mapping[str, int]
+"""One reuse factor for every layer, or layer name → reuse factor (unnamed layers: 1)."""
 
 DOT_OPS = {"kiln.linear": "dense", "kiln.conv1d": "conv1d", "kiln.conv2d": "conv2d"}
 POOL_OPS = {"kiln.max_pool1d": "max_pool1d", "kiln.max_pool2d": "max_pool2d",
@@ -71,6 +79,7 @@ class HlsLayer:
     weight_type: FixedType | None = None
     bias: np.ndarray | None = None
     bias_type: FixedType | None = None
+    label: str = ""
 
     @property
     def nonzero_weights(self) -> int:
@@ -109,8 +118,9 @@ def _fixed(value: Value) -> FixedType | None:
 
 
 class _Lowering:
-    def __init__(self, module: Module, reuse_factor: int, io: str) -> None:
+    def __init__(self, module: Module, reuse_factor: ReuseFactor, io: str) -> None:
         self.module, self.rf, self.io = module, reuse_factor, io
+        self.labels: list[str] = []
         self.tensors: dict[Value, HlsTensor] = {}
         self.problems: list[Diagnostic] = []
         self.names: set[str] = set()
@@ -181,8 +191,21 @@ class _Lowering:
                      "bias": None if b is None else self.weight_of(b),
                      "bias_type": None if b is None else _fixed(b)}
         name = f"layer{len(self.names)}_{out.name[2:]}"
-        return HlsLayer(name, kind, op, inputs, out, _source(op), self.rf, self.io,
-                        **extra)  # type: ignore[arg-type]
+        label = output_of(op)[0]
+        if kind != "flatten":  # wiring, no hardware: not a layer a reuse factor can name
+            self.labels.append(label)
+        rf = self.rf.get(label, 1) if isinstance(self.rf, Mapping) else self.rf
+        return HlsLayer(name, kind, op, inputs, out, _source(op), rf, self.io,
+                        **extra, label=label)  # type: ignore[arg-type]
+
+    def check_names(self) -> None:
+        """Every layer a reuse-factor dict names must exist (the error lists the valid ones)."""
+        if not isinstance(self.rf, Mapping):
+            return
+        unknown = sorted(set(self.rf) - set(self.labels))
+        if unknown:
+            valid = ", ".join(dict.fromkeys(self.labels))
+            raise KilnError(f"reuse_factor names unknown layers {unknown}; layers: {valid}")
 
 
 def _is_host_input(op: Op) -> bool:
@@ -198,7 +221,7 @@ def _float_islands(lowering: _Lowering, ops: list[Op]) -> None:
                              "replace it by a supported layer or move it to the model's end")
 
 
-def lower(module: Module, reuse_factor: int = 1, io: str = "parallel") -> Lowered:
+def lower(module: Module, reuse_factor: ReuseFactor = 1, io: str = "parallel") -> Lowered:
     """Split `@main` and lower its fixed-point body (module docstring)."""
     lowering = _Lowering(module, reuse_factor, io)
     func = module.main
@@ -231,7 +254,8 @@ def lower(module: Module, reuse_factor: int = 1, io: str = "parallel") -> Lowere
             hint="run the 'fixed-point' pass first (the fpga pipeline does)"))
     if lowering.problems:
         raise KilnError(diagnostics=lowering.problems)
+    lowering.check_names()
     return result
 
 
-__all__ = ["KINDS", "HlsLayer", "HlsTensor", "Lowered", "lower"]
+__all__ = ["KINDS", "HlsLayer", "HlsTensor", "Lowered", "ReuseFactor", "lower"]

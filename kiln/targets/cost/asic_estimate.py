@@ -30,6 +30,7 @@ bits per position (weights held in on-chip SRAM). Float tensors count as 16-bit 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from kiln.errors import KilnError
@@ -78,12 +79,21 @@ def layer_report(layer: LayerShape, reuse_factor: int, e: float, a: float) -> di
             "area_um2": area, "energy_pj": energy, "weight_bits": layer.weight_bits}
 
 
-def asic_report(module: Module, node: str = "45nm", reuse_factor: int = 1) -> dict[str, Any]:
-    """Area (um^2) and energy per inference (pJ) of `module` at `node` (module docstring)."""
+def asic_report(module: Module, node: str = "45nm",
+                reuse_factor: int | Mapping[str, int] = 1) -> dict[str, Any]:
+    """Area (um^2) and energy per inference (pJ) of `module` at `node` (module docstring);
+    `reuse_factor` is one int or layer name → int (unnamed layers: 1)."""
     e, a = node_factors(node)
-    if reuse_factor < 1:
+    shapes = layer_shapes(module)
+    rfs = reuse_factor if isinstance(reuse_factor, Mapping) else {s.name: reuse_factor
+                                                                   for s in shapes}
+    unknown = sorted(set(rfs) - {s.name for s in shapes})
+    if unknown:
+        raise KilnError(f"reuse_factor names unknown layers {unknown}; layers: "
+                        f"{', '.join(s.name for s in shapes)}")
+    if any(v < 1 for v in rfs.values()):
         raise KilnError(f"reuse_factor={reuse_factor} must be >= 1")
-    layers = [layer_report(s, reuse_factor, e, a) for s in layer_shapes(module)]
+    layers = [layer_report(s, rfs.get(s.name, 1), e, a) for s in shapes]
     total = {k: sum(row[k] for row in layers)
              for k in ("area_um2", "energy_pj", "multipliers", "adders", "mult_ops", "add_ops",
                        "weight_bits")}
