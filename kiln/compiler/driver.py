@@ -141,7 +141,11 @@ def compile_model(model: Any, example_inputs: Any = None, *, target: str = "refe
         if key in target_options and target_options[key] is None:
             target_options[key] = value
     module = to_module(model, inputs)
-    chosen = pipeline if pipeline is not None else backend.pipeline
+    chosen = pipeline if pipeline is not None else backend.default_pipeline(target_options)
+    if (pipeline is None and "quantize" in chosen.split(",")
+            and pass_options.get("calibration_data") is None):
+        pass_options["calibration_data"] = [inputs]  # a target's int8 option: calibrate on
+        # the example inputs
     optimized = run_passes(module, chosen, **pass_options)
     artifact = backend.build(optimized, target_options)
     return CompiledModel(optimized, target, chosen, artifact,

@@ -12,6 +12,11 @@ inputs are checked against the static signature (count, dtype, shape, contiguity
 computed once, and the foreign call takes ready-made `c_void_p` arguments. A lock makes
 concurrent calls on one artifact safe (they share the arena).
 
+`quantize="int8"` compiles with `INT8_PIPELINE` (the quantize pass, calibrated on
+`calibration_data` or else the example inputs): the integer ops run as int8 kernels
+(`codegen/c/emit_qnn.py`), bit-exact with `kiln.interpret` on `art.ir`; their integer weights are
+compiled into the library (the weights blob holds float32 only).
+
 With `sanitize=True` the model is built as the example program with AddressSanitizer and
 UBSan and every call runs it as a subprocess (a sanitized library cannot be loaded into
 Python without preloading the sanitizer runtime); any sanitizer report is a `KilnError`.
@@ -66,9 +71,9 @@ class CpuOptions:
         threads = options.get("threads", 1)
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise KilnError(f"threads must be a positive integer, got {threads!r}")
-        if options.get("quantize") is not None:
-            raise KilnError("the cpu target has no int8 kernels yet",
-                            hint="compile with quantize=None")
+        if options.get("quantize") not in (None, "int8"):
+            raise KilnError(f"quantize={options.get('quantize')!r} is not supported by the cpu "
+                            "target", hint="use quantize=None (float32) or quantize=\"int8\"")
         march = str(options.get("march", "native"))
         if not march.replace("-", "").replace("_", "").isalnum():
             raise KilnError(f"march={march!r} is not a -march value")
@@ -327,10 +332,20 @@ def build(module: Module, options: Mapping[str, Any]) -> CpuArtifact:
                        time.perf_counter() - start)
 
 
+INT8_PIPELINE = "canonicalize,fold-batchnorm,fold-constants,cse,quantize,fuse,cse,dce"
+"""The pipeline of `quantize="int8"`: the default one with the quantize pass (calibrated on
+`calibration_data`, or the example inputs) before fusion. The same string as `pipeline=`
+compiles an int8 model too."""
+
+
+def _pipeline(options: Mapping[str, Any]) -> str:
+    return INT8_PIPELINE if options.get("quantize") == "int8" else "cpu"
+
+
 def clear_cache(cache_dir: str | Path | None = None) -> None:
     """Remove every cached cpu build (the next compile rebuilds)."""
     shutil.rmtree(BuildCache(cache_dir).root, ignore_errors=True)
 
 
 TARGET = Target(name="cpu", description="standalone C99 built with gcc, run natively",
-                pipeline="cpu", build=build, options=OPTIONS)
+                pipeline="cpu", build=build, options=OPTIONS, pipeline_for=_pipeline)

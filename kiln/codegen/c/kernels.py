@@ -17,6 +17,13 @@ from kiln.codegen.c.emit_eltwise import emit_pointwise
 from kiln.codegen.c.emit_fused import emit_fused
 from kiln.codegen.c.emit_gemm import emit_gemm_op
 from kiln.codegen.c.emit_pool import emit_pool
+from kiln.codegen.c.emit_qnn import (
+    QNN_KERNELS,
+    emit_qmax_pool,
+    int8_or,
+    int8_problem,
+    is_int8,
+)
 from kiln.codegen.c.emit_rows import emit_lrn, emit_row_op
 from kiln.codegen.c.emit_shape import emit_concat, emit_pad, emit_slice, emit_split, emit_transpose
 from kiln.codegen.c.expr import _FIXED, _PARAMETRIC
@@ -50,7 +57,7 @@ from kiln.ir.ops.shape import (
     Transpose,
     Unsqueeze,
 )
-from kiln.ir.types import F32
+from kiln.ir.types import F32, QuantType
 
 Emitter = Callable[[KernelContext], None]
 
@@ -61,10 +68,11 @@ KERNELS: dict[type[OpDef], Emitter] = {
     Softmax: emit_row_op, LogSoftmax: emit_row_op, LayerNorm: emit_row_op,
     ReduceSum: emit_row_op, ReduceMean: emit_row_op, ReduceMax: emit_row_op,
     ReduceMin: emit_row_op, LocalResponseNorm: emit_lrn,
-    MaxPool1d: emit_pool, MaxPool2d: emit_pool, AvgPool1d: emit_pool, AvgPool2d: emit_pool,
+    MaxPool1d: int8_or(emit_pool, emit_qmax_pool), MaxPool2d: int8_or(emit_pool, emit_qmax_pool),
+    AvgPool1d: emit_pool, AvgPool2d: emit_pool,
     AdaptiveAvgPool1d: emit_pool, AdaptiveAvgPool2d: emit_pool,
     Transpose: emit_transpose, Slice: emit_slice, Concat: emit_concat, Split: emit_split,
-    Pad: emit_pad, Fused: emit_fused,
+    Pad: emit_pad, Fused: emit_fused, **QNN_KERNELS,
 }
 
 ALIASES: tuple[type[OpDef], ...] = (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout,
@@ -75,16 +83,20 @@ STRUCTURAL: tuple[type[OpDef], ...] = (Weight, Constant, Return, Yield)
 
 _NHWC = ("the cpu target computes convolutions and pools in NCHW; leave the layout pass out "
          "of the pipeline (or run layout{to=nchw})")
-_INT8 = ("int8 and sparse kernels for the cpu target are not written yet; compile without "
-         "quantization or sparsity")
+_INT8 = ("this int8 op has no kernel for the cpu target yet (quantize, dequantize, qconv1d/2d, "
+         "qlinear, qadd, qrescale, qreduce_mean and int8 max pooling do); sparse kernels are "
+         "not written yet")
 INT8_FAMILIES = ("kiln.ir.ops.quant", "kiln.ir.ops.qnn", "kiln.ir.ops.qnn_pool",
                  "kiln.ir.ops.sparse")
 """Op families (modules) of quantized and sparse ops: refused until their kernels exist."""
 REJECTED: dict[type[OpDef], str] = {
     layout.Conv2dNhwc: _NHWC, layout.MaxPool2dNhwc: _NHWC, layout.AvgPool2dNhwc: _NHWC,
     layout.AdaptiveAvgPool2dNhwc: _NHWC,
-    **{cls: _INT8 for cls in all_ops().values() if cls.__module__ in INT8_FAMILIES},
+    **{cls: _INT8 for cls in all_ops().values()
+       if cls.__module__ in INT8_FAMILIES and cls not in QNN_KERNELS},
 }
+INT8_CAPABLE: tuple[type[OpDef], ...] = (*QNN_KERNELS, MaxPool1d, MaxPool2d)
+"""Ops with a kernel for 8-bit quantized operands (`emit_qnn.int8_problem` says which)."""
 
 
 def kernel_for(op: Op) -> Emitter:
@@ -98,7 +110,19 @@ def _diagnose(op: Op) -> Diagnostic | None:
     if cls not in KERNELS and not issubclass(cls, (*ALIASES, *STRUCTURAL)):
         return op.diagnostic("has no C kernel", hint="no emitter is registered for it in "
                              "kiln/codegen/c/kernels.py")
+    if issubclass(cls, INT8_CAPABLE) and any(
+            isinstance(v.type.dtype, QuantType) for v in (*op.operands, *op.results)):
+        problem = int8_problem(op)
+        return None if problem is None else op.diagnostic("has no int8 C kernel", hint=problem)
+    if issubclass(cls, STRUCTURAL) and cls is not Return:
+        return None
+    if cls is Return and all(is_int8(v) and v.producer is not None and issubclass(
+            type(v.producer.kind), INT8_CAPABLE) for v in op.operands):
+        return None  # quantized outputs are diagnosed at their producer
+    quant_view = issubclass(cls, (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout))
     for value in (*op.operands, *op.results):
+        if quant_view and is_int8(value):
+            continue
         if value.type.dtype != F32 or value.type.encoding is not None:
             return op.diagnostic(f"works on {value.type}; the cpu target computes float32 "
                                  "tensors only", hint=_INT8)

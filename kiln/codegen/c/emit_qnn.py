@@ -1,0 +1,387 @@
+"""int8 kernels of the cpu target: quantize, dequantize, the `kiln.q*` ops and int8 pooling.
+
+Bit-exact with the interpreter (the arithmetic contract is `kiln/ir/requant.py`). Quantized
+values live in the arena as packed 8-bit integers (the planner's 4 bytes per element leave
+room); kernel parameters are declared `float*` by the context, so every kernel casts. Integer
+parameters (shifted weights, int32 bias, multipliers, shifts) are emitted as `static const`
+arrays inside the kernel: the float32 weights blob cannot hold int32 values exactly. Operands
+are shifted by their zero points to int16 before the dot products (`kiln_qgemm.h`), so padding
+is a plain 0 and one int16 x int16 -> int32 dot product serves int8 and uint8 alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kiln.codegen.c.context import KernelContext
+from kiln.codegen.c.emit_pool import _as_2d
+from kiln.ir.graph import Op, Value
+from kiln.ir.ops.core import Return
+from kiln.ir.ops.nn_pool import MaxPool1d, MaxPool2d
+from kiln.ir.ops.qnn import QAdd, QConv1d, QConv2d, QLinear, QRescale, RequantOp
+from kiln.ir.ops.qnn_pool import QReduceMean
+from kiln.ir.ops.quant import Dequantize, Quantize
+from kiln.ir.types import I32, QuantType
+
+Emitter = Callable[[KernelContext], None]
+
+
+# -- types and literals ------------------------------------------------------------------------
+def quant(value: Value) -> QuantType:
+    q = value.type.dtype
+    assert isinstance(q, QuantType)
+    return q
+
+
+def is_int8(value: Value) -> bool:
+    """An 8-bit affine-quantized tensor quantized per tensor (what the int8 kernels store)."""
+    q = value.type.dtype
+    return isinstance(q, QuantType) and q.storage.bits == 8 and q.axis is None
+
+
+def _unsigned(value: Value) -> int:
+    return int(np.dtype(quant(value).storage.numpy).kind == "u")
+
+
+def _ctype(value: Value) -> str:
+    return "uint8_t" if _unsigned(value) else "int8_t"
+
+
+def _array(ctx: KernelContext, ctype: str, name: str, data: Sequence[int] | np.ndarray) -> str:
+    """A `static const` integer array in the kernel body; returns its name."""
+    values = [int(v) for v in np.asarray(data).ravel()] or [0]
+    ctx.w.line(f"static const {ctype} {name}[{len(values)}] = {{")
+    with ctx.w.indented():
+        for start in range(0, len(values), 16):
+            ctx.w.line(", ".join(str(v) for v in values[start:start + 16]) + ",")
+    ctx.w.line("};")
+    return name
+
+
+def _storage_range(value: Value) -> tuple[int, int]:
+    info = np.iinfo(quant(value).storage.numpy)
+    return int(info.min), int(info.max)
+
+
+# -- what is supported -------------------------------------------------------------------------
+def int8_problem(op: Op) -> str | None:
+    """Why the int8 kernels cannot compile `op` (None when they can)."""
+    ints = [v for v in (*op.operands, *op.results) if isinstance(v.type.dtype, QuantType)]
+    if any(user.isa(Return) for v in ints if v in op.results for user in v.users):
+        return ("its quantized result is a model output, but the cpu target returns float32 "
+                "tensors (end the model with kiln.dequantize)")
+    if op.isa(Quantize) or op.isa(Dequantize):
+        if not is_int8(op.operands[0] if op.isa(Dequantize) else op.results[0]):
+            return "only 8-bit per-tensor quantize/dequantize have C kernels"
+        if op.isa(Quantize) and getattr(op.kind, "scheme", "div") != "div":
+            return "only the 'div' quantization scheme has a C kernel"
+        return None
+    if op.isa((QConv1d, QConv2d, QLinear)):
+        bad = [v for v in (op.operands[0], op.results[0]) if not is_int8(v)]
+        if bad or (len(op.operands) == 3 and op.operands[2].type.dtype != I32):
+            return "needs per-tensor 8-bit input and result and an i32 bias"
+        return None
+    if op.isa(QAdd):
+        a, b = op.operands
+        if a.type.shape != b.type.shape:
+            return "qadd with broadcasting has no C kernel (operands must have equal shapes)"
+        return None if all(is_int8(v) for v in ints) else "needs 8-bit per-tensor operands"
+    if op.isa((QRescale, QReduceMean, MaxPool1d, MaxPool2d)):
+        if not all(is_int8(v) for v in ints):
+            return "needs 8-bit per-tensor operands"
+        if op.isa(QReduceMean) and not _trailing_axes(op):
+            return "qreduce_mean over non-trailing axes has no C kernel"
+        return None
+    return "has no int8 C kernel"
+
+
+def _trailing_axes(op: Op) -> bool:
+    axes = sorted(getattr(op.kind, "axes", ()))
+    rank = op.operands[0].type.rank
+    return axes == list(range(rank - len(axes), rank))
+
+
+# -- float <-> int8 ----------------------------------------------------------------------------
+def emit_quantize(ctx: KernelContext) -> None:
+    """fixed.quantize_affine scheme 'div': t = rint(f32(x / s)) + zp, NaN → min, saturate."""
+    x, y = ctx.op.operands[0], ctx.op.results[0]
+    q = quant(y)
+    lo, hi = _storage_range(y)
+    scale = float(np.float32(q.scale[0]))
+    w = ctx.w
+    w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
+    w.line(f"const float* X = {ctx.ref(x)};")
+    with w.block(f"for (long i = 0; i < {x.type.numel}L; ++i)"):
+        w.line(f"double t = (double)nearbyintf(X[i] / {scale.hex()}f) + {q.zero_point[0]}.0;")
+        w.line(f"Y[i] = ({_ctype(y)})(t != t ? {lo} : (t < {lo}.0 ? {lo} : "
+               f"(t > {hi}.0 ? {hi} : (int)t)));")
+    ctx.note("quantize int8")
+
+
+def emit_dequantize(ctx: KernelContext) -> None:
+    """fixed.dequantize_affine in float32: f32(q - zp) · f32(scale)."""
+    x, y = ctx.op.operands[0], ctx.op.results[0]
+    q = quant(x)
+    scale = float(np.float32(q.scale[0]))
+    ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
+    ctx.w.line(f"float* Y = {ctx.ref(y)};")
+    with ctx.w.block(f"for (long i = 0; i < {x.type.numel}L; ++i)"):
+        ctx.w.line(f"Y[i] = (float)((int)X[i] - {q.zero_point[0]}) * {scale.hex()}f;")
+    ctx.note("dequantize int8")
+
+
+# -- GEMM-like ops -----------------------------------------------------------------------------
+def _requant(ctx: KernelContext, kind: RequantOp, bias: str, channels: int) -> None:
+    """Declares `rq`, the kiln_requant of a GEMM with `channels` output channels."""
+    y = ctx.op.results[0]
+    low, high = kind._clamp()
+    mult = _array(ctx, "int32_t", "mult", kind.multiplier)
+    shift = _array(ctx, "int32_t", "shift", kind.shift)
+    per_channel = int(len(kind.multiplier) > 1)
+    assert not per_channel or len(kind.multiplier) == channels
+    ctx.w.line(f"const kiln_requant rq = {{{bias}, {mult}, {shift}, {per_channel}, "
+               f"{quant(y).zero_point[0]}, {low}, {high}, {_unsigned(y)}}};")
+
+
+def _weights(ctx: KernelContext, groups: int) -> tuple[Gemm, str]:
+    """The weights shifted by their zero points as a `Gemm` per group, and the bias (or
+    NULL)."""
+    op = ctx.op
+    w_value = op.operands[1]
+    data = ctx.constant_array(w_value)
+    if data is None:
+        raise op.error("the int8 cpu kernels need constant weights")
+    qw = quant_weight(w_value)
+    rows = w_value.type.shape[0]
+    zp = np.asarray(qw.zero_point, np.int64)
+    zp = zp.reshape((rows,) + (1,) * (w_value.type.rank - 1)) if qw.axis is not None else zp
+    shifted = (np.asarray(data).astype(np.int64) - zp).reshape(rows, -1)
+    gemm = Gemm.of(ctx, shifted, groups)
+    bias = "NULL"
+    if len(op.operands) == 3:
+        b = ctx.constant_array(op.operands[2])
+        if b is None:
+            raise op.error("the int8 cpu kernels need a constant bias")
+        bias = _array(ctx, "int32_t", "bias", np.asarray(b).astype(np.int64))
+    return gemm, bias
+
+
+QNB = 16
+"""Channels per packed block (KILN_QNB of kiln_qgemm.h)."""
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """The int16 weights of a (grouped) GEMM as emitted: packed for `kiln_qgemm_packed` when
+    a group has at least 4 output channels (the padding to 16 costs less than the plain
+    loops' horizontal sums), else row-major for the plain `kiln_qgemm` (depthwise)."""
+
+    name: str
+    packed: bool
+    n: int
+    """Output channels per group."""
+    k: int
+    ld: int
+    """Row stride of the activation matrix (K, or K rounded up to even when packed)."""
+    group_stride: int
+
+    @staticmethod
+    def of(ctx: KernelContext, shifted: np.ndarray, groups: int) -> Gemm:
+        n, k = shifted.shape[0] // groups, shifted.shape[1]
+        if n < 4:
+            name = _array(ctx, "int16_t", "wq", shifted)
+            return Gemm(name, False, n, k, k, n * k)
+        kp, np_ = k + k % 2, -(-n // QNB) * QNB
+        parts = []
+        for g in range(groups):
+            block = np.zeros((np_, kp), np.int64)
+            block[:n, :k] = shifted[g * n:(g + 1) * n]
+            parts.append(block.reshape(np_ // QNB, QNB, kp // 2, 2).transpose(0, 2, 1, 3))
+        name = _array(ctx, "int16_t", "wq", np.concatenate([p.ravel() for p in parts]))
+        return Gemm(name, True, n, k, kp, np_ * kp)
+
+    def call(self, m: int, a: str, group: str, rq_channel: str, out: str, rs: str,
+             cs: str) -> str:
+        """The C call computing rows `a` (m of them) of group `group` into `out`."""
+        w = f"{self.name} + (long){group} * {self.group_stride}"
+        if self.packed:
+            return (f"kiln_qgemm_packed({m}, {self.n}, {self.ld}, {a}, {w}, &rq, {rq_channel}, "
+                    f"{out}, {rs}, {cs});")
+        return (f"kiln_qgemm({m}, {self.n}, {self.k}, {a}, {self.ld}, {w}, &rq, {rq_channel}, "
+                f"{out}, {rs}, {cs});")
+
+
+def quant_weight(value: Value) -> QuantType:
+    q = value.type.dtype
+    assert isinstance(q, QuantType)
+    return q
+
+
+def emit_qlinear(ctx: KernelContext) -> None:
+    """x @ Wᵀ + b: shift x to int16 (scratch), one int16 GEMM with fused requantization."""
+    op = ctx.op
+    assert isinstance(op.kind, QLinear)
+    x, y = op.operands[0], op.results[0]
+    n, k = op.operands[1].type.shape
+    m = x.type.numel // k
+    gemm, bias = _weights(ctx, 1)
+    _requant(ctx, op.kind, bias, n)
+    a = ctx.scratch(-(-m * gemm.ld // 2))
+    ctx.w.line(f"int16_t* A = (int16_t*){a};")
+    ctx.w.line(f"kiln_qshift({ctx.ref(x)}, {_unsigned(x)}, {quant(x).zero_point[0]}, "
+               f"{m}L, {k}, {gemm.ld}, A);")
+    ctx.w.line(gemm.call(m, "A", "0", "0", ctx.ref(y), f"{n}L", "1L"))
+    ctx.note(f"qlinear int16 {'packed ' if gemm.packed else ''}gemm")
+
+
+def emit_qconv(ctx: KernelContext) -> None:
+    """Per image and group: int16 im2col, then a GEMM storing requantized NCHW results."""
+    op = ctx.op
+    assert isinstance(op.kind, (QConv1d, QConv2d))
+    x, y = op.operands[0], op.results[0]
+    spatial = x.type.rank - 2
+    xs, ws, ys = x.type.shape, op.operands[1].type.shape, y.type.shape
+    h, w_ = (1, xs[2]) if spatial == 1 else xs[2:]
+    oh, ow = (1, ys[2]) if spatial == 1 else ys[2:]
+    kh, kw = (1, ws[2]) if spatial == 1 else ws[2:]
+    geo = _conv_geometry(op.kind, spatial)
+    groups = op.kind.groups
+    cin_g, cout_g = xs[1] // groups, ws[0] // groups
+    gemm, bias = _weights(ctx, groups)
+    _requant(ctx, op.kind, bias, ws[0])
+    col = ctx.scratch(-(-oh * ow * gemm.ld // 2))
+    ctx.w.line(f"int16_t* col = (int16_t*){col};")
+    ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
+    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
+    with ctx.w.block(f"for (int b = 0; b < {xs[0]}; ++b)"), \
+            ctx.w.block(f"for (int g = 0; g < {groups}; ++g)"):
+        ctx.w.line(f"kiln_qim2col(X + ((long)b * {xs[1]} + g * {cin_g}) * {h * w_}L, "
+                   f"{_unsigned(x)}, {quant(x).zero_point[0]}, {cin_g}, {h}, {w_}, {kh}, "
+                   f"{kw}, {geo}, {oh}, {ow}, {gemm.ld}, col);")
+        out = f"Y + ((long)b * {ys[1]} + g * {cout_g}) * {oh * ow}L"
+        ctx.w.line(gemm.call(oh * ow, "col", "g", f"g * {cout_g}", out, "1L", f"{oh * ow}L"))
+    ctx.note(f"q{'conv1d' if spatial == 1 else 'conv2d'} im2col+int16 "
+             f"{'packed ' if gemm.packed else ''}gemm")
+
+
+def _conv_geometry(kind: QConv1d | QConv2d, spatial: int) -> str:
+    """`sh, sw, pt, pl, dh, dw` of a 1-D or 2-D convolution (ONNX-order padding)."""
+    s, p, d = kind.stride, kind.padding, kind.dilation
+    if spatial == 1:
+        return f"1, {s[0]}, 0, {p[0]}, 1, {d[0]}"
+    return f"{s[0]}, {s[1]}, {p[0]}, {p[1]}, {d[0]}, {d[1]}"
+
+
+# -- elementwise and reductions ------------------------------------------------------------------
+def _clamped_store(ctx: KernelContext, expr: str, low: int, high: int) -> None:
+    ctx.w.line(f"int64_t v = {expr};")
+    ctx.w.line(f"Y[i] = ({_ctype(ctx.op.results[0])})(v < {low} ? {low} : "
+               f"(v > {high} ? {high} : v));")
+
+
+def emit_qadd(ctx: KernelContext) -> None:
+    """TFLite add: rescale both (after << left_shift), add, requantize, clamp."""
+    kind = ctx.op.kind
+    assert isinstance(kind, QAdd)
+    a, b = ctx.op.operands
+    y = ctx.op.results[0]
+    low, high = kind._clamp()
+    for tag, v in (("A", a), ("B", b)):
+        ctx.w.line(f"const {_ctype(v)}* {tag} = (const {_ctype(v)}*){ctx.ref(v)};")
+    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
+    with ctx.w.block(f"for (long i = 0; i < {y.type.numel}L; ++i)"):
+        ctx.w.line(f"int64_t sa = kiln_rmulshift(((int)A[i] - {quant(a).zero_point[0]}) * "
+                   f"{1 << kind.left_shift}, {kind.lhs_multiplier}, {kind.lhs_shift});")
+        ctx.w.line(f"int64_t sb = kiln_rmulshift(((int)B[i] - {quant(b).zero_point[0]}) * "
+                   f"{1 << kind.left_shift}, {kind.rhs_multiplier}, {kind.rhs_shift});")
+        ctx.w.line("int32_t s = (int32_t)(uint32_t)(uint64_t)(sa + sb);")
+        _clamped_store(ctx, f"kiln_rmulshift(s, {kind.multiplier[0]}, {kind.shift[0]}) + "
+                       f"{quant(y).zero_point[0]}", low, high)
+    ctx.note("qadd int8")
+
+
+def emit_qrescale(ctx: KernelContext) -> None:
+    """rmul(x - zx) + zo, clamped."""
+    kind = ctx.op.kind
+    assert isinstance(kind, QRescale)
+    x, y = ctx.op.operands[0], ctx.op.results[0]
+    low, high = kind._clamp()
+    ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
+    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
+    with ctx.w.block(f"for (long i = 0; i < {y.type.numel}L; ++i)"):
+        _clamped_store(ctx, f"kiln_rmulshift((int)X[i] - {quant(x).zero_point[0]}, "
+                       f"{kind.multiplier[0]}, {kind.shift[0]}) + {quant(y).zero_point[0]}",
+                       low, high)
+    ctx.note("qrescale int8")
+
+
+def emit_qreduce_mean(ctx: KernelContext) -> None:
+    """Σ (x - zp) over the trailing axes, divided rounding half away from zero, + zp."""
+    x, y = ctx.op.operands[0], ctx.op.results[0]
+    count = math.prod(x.type.shape[a] for a in getattr(ctx.op.kind, "axes", ()))
+    zp = quant(x).zero_point[0]
+    low, high = _storage_range(y)
+    ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
+    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
+    with ctx.w.block(f"for (long i = 0; i < {y.type.numel}L; ++i)"):
+        ctx.w.line("int64_t s = 0;")
+        ctx.w.line(f"for (long j = 0; j < {count}L; ++j) s += (int)X[i * {count}L + j] - {zp};")
+        ctx.w.line(f"int64_t d = s >= 0 ? (s + {count // 2}) / {count} : "
+                   f"-((-s + {count // 2}) / {count});")
+        _clamped_store(ctx, f"d + {zp}", low, high)
+    ctx.note("qreduce_mean int8")
+
+
+def emit_qmax_pool(ctx: KernelContext) -> None:
+    """Max over each window's in-bounds taps (padding never wins), on 8-bit storage."""
+    op = ctx.op
+    x, y = op.operands[0], op.results[0]
+    xs, ys = x.type.shape, y.type.shape
+    spatial = len(xs) - 2
+    h, w_ = (1, xs[2]) if spatial == 1 else xs[2:]
+    oh, ow = (1, ys[2]) if spatial == 1 else ys[2:]
+    geo = _as_2d(op.kind, spatial)
+    (kh, kw), (sh, sw) = geo["kernel"], geo["stride"]
+    pt, pl = geo["pad"][0], geo["pad"][1]
+    dh, dw = geo["dilation"]
+    low = _storage_range(x)[0]
+    t = _ctype(x)
+    w = ctx.w
+    w.line(f"const {t}* X = (const {t}*){ctx.ref(x)};")
+    w.line(f"{t}* Y = ({t}*){ctx.ref(y)};")
+    with w.block(f"for (long p = 0; p < {xs[0] * xs[1]}L; ++p)"):
+        w.line(f"const {t}* xp = X + p * {h * w_}L;")
+        with w.block(f"for (int oy = 0; oy < {oh}; ++oy)"), \
+                w.block(f"for (int ox = 0; ox < {ow}; ++ox)"):
+            w.line(f"int best = {low};")
+            with w.block(f"for (int ky = 0; ky < {kh}; ++ky)"):
+                w.line(f"int iy = oy * {sh} - {pt} + ky * {dh};")
+                w.line(f"if (iy < 0 || iy >= {h}) continue;")
+                with w.block(f"for (int kx = 0; kx < {kw}; ++kx)"):
+                    w.line(f"int ix = ox * {sw} - {pl} + kx * {dw};")
+                    w.line(f"if (ix >= 0 && ix < {w_} && xp[iy * {w_} + ix] > best) "
+                           f"best = xp[iy * {w_} + ix];")
+            w.line(f"Y[p * {oh * ow}L + oy * {ow} + ox] = ({t})best;")
+    ctx.note("max pool int8")
+
+
+def int8_or(float_emitter: Emitter, int8_emitter: Emitter) -> Emitter:
+    """An emitter that picks the int8 kernel when the op's input is quantized."""
+    def emit(ctx: KernelContext) -> None:
+        chosen = int8_emitter if is_int8(ctx.op.operands[0]) else float_emitter
+        chosen(ctx)
+    return emit
+
+
+QNN_KERNELS: dict[type, Emitter] = {
+    Quantize: emit_quantize, Dequantize: emit_dequantize, QLinear: emit_qlinear,
+    QConv1d: emit_qconv, QConv2d: emit_qconv, QAdd: emit_qadd, QRescale: emit_qrescale,
+    QReduceMean: emit_qreduce_mean,
+}
+"""Kernels of the quantized ops (max pooling dispatches through `int8_or`)."""
+
+__all__ = ["QNN_KERNELS", "int8_or", "int8_problem", "is_int8"]
