@@ -25,8 +25,13 @@ lint: venv
 	$(VENV)/bin/ruff check kiln tests bench
 	$(VENV)/bin/mypy
 
+# The benchmarks that run on this kind of machine; bench/gpu.py needs a CUDA device and
+# bench/fpga.py --hls4ml builds hls4ml projects (minutes). Results go to BENCHMARKS.md.
 bench: venv
 	MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 $(PY) bench/frontend.py
+	$(PY) bench/cpu.py
+	$(PY) bench/compression.py
+	$(PY) bench/fpga.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
