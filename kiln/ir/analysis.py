@@ -126,3 +126,17 @@ def compute_ops(func: Func) -> list[Op]:
     number to compare before and after a pipeline.
     """
     return [op for op in func.ops if not (is_source(op) or op.isa(Return))]
+
+
+def layer_output(op: Op) -> tuple[str, Value]:
+    """A fixed-point layer's name and output: the requantize that follows `op` when it is the
+    only user (the fixed-point pass names the exact accumulator `<name>.acc`), else `op`'s result.
+
+    Code generators and cost models name layers alike through this one rule.
+    """
+    result = op.results[0]
+    users = result.users
+    if len(users) == 1 and users[0].name == "kiln.requantize":
+        result = users[0].results[0]
+    name = result.name or op.name.split(".")[-1]
+    return name.removesuffix(".acc"), result

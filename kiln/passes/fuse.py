@@ -45,11 +45,7 @@ import networkx as nx
 
 from kiln.errors import PipelineError
 from kiln.ir.analysis import dataflow_graph, is_convex
-from kiln.ir.graph import Func, Module, Op
-from kiln.ir.ops.base import lookup_op
-from kiln.ir.ops.fused import Fused
-from kiln.ir.rewriter import Rewriter
-from kiln.passes.fusion_rules import (
+from kiln.ir.fusion_rules import (
     ANCHOR_NAMES,
     is_elementwise,
     is_epilogue_anchor,
@@ -58,6 +54,10 @@ from kiln.passes.fusion_rules import (
     rows_of,
     short_name,
 )
+from kiln.ir.graph import Func, Module, Op
+from kiln.ir.ops.base import lookup_op
+from kiln.ir.ops.fused import Fused
+from kiln.ir.rewriter import Rewriter
 from kiln.passes.outline import outline
 from kiln.passes.registry import PassContext, register_pass
 

@@ -16,6 +16,7 @@ from kiln.compiler.pass_manager import run_passes
 from kiln.errors import KilnError
 from kiln.ir.analysis import dataflow_graph, is_convex
 from kiln.ir.builder import Builder, new_function
+from kiln.ir.fusion_rules import is_epilogue_anchor, is_reduction
 from kiln.ir.graph import Module, Op, Value
 from kiln.ir.interpret import interpret
 from kiln.ir.location import Location
@@ -27,7 +28,6 @@ from kiln.ir.ops.nn_pool import AvgPool2d, MaxPool2d
 from kiln.ir.ops.reduce import ReduceMax, ReduceSum
 from kiln.ir.ops.shape import Expand
 from kiln.ir.types import TensorType
-from kiln.passes.fusion_rules import is_epilogue_anchor, is_reduction
 
 Body = Callable[[Builder, list[Value]], list[Value]]
 CONV = Conv2d(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)

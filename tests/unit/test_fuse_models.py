@@ -15,11 +15,11 @@ import pytest
 import kiln
 from kiln.compiler.numerics import rel_error
 from kiln.compiler.pass_manager import run_passes
+from kiln.ir.fusion_rules import is_elementwise, is_epilogue_anchor, is_reduction, result_shape
 from kiln.ir.graph import Module, Op
 from kiln.ir.interpret import interpret
 from kiln.ir.ops.fused import Fused
 from kiln.models import example_inputs, get_model, list_models
-from kiln.passes.fusion_rules import is_elementwise, is_epilogue_anchor, is_reduction, result_shape
 from kiln.passes.registry import lookup_pass
 
 CLEANUP = "canonicalize,fold-constants,cse"

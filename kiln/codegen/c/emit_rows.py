@@ -37,11 +37,11 @@ from kiln.codegen.c.expr import (
     view_strides,
 )
 from kiln.codegen.c.params import float_literal
+from kiln.ir.fusion_rules import Rows, rows_of
 from kiln.ir.graph import Op, Value
 from kiln.ir.ops.base import OpDef
 from kiln.ir.ops.nn_norm import LayerNorm, LocalResponseNorm, LogSoftmax, Softmax
 from kiln.ir.ops.reduce import ReduceBase, ReduceMax, ReduceMean, ReduceMin, ReduceSum
-from kiln.passes.fusion_rules import Rows, rows_of
 
 Shape = tuple[int, ...]
 _ROW_OPS = (ReduceBase, Softmax, LogSoftmax, LayerNorm)

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln.errors import Diagnostic, KilnError
+from kiln.ir.analysis import layer_output as output_of
 from kiln.ir.graph import Module, Op, Value
 from kiln.ir.ops.core import Weight
 from kiln.ir.types import FixedType
-from kiln.targets.cost.fpga_layers import output_of
 
 ReuseFactor = int | Mapping[str, int]
 """One reuse factor for every layer, or layer name → reuse factor (unnamed layers: 1)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kiln.ir.analysis import layer_output as output_of
 from kiln.ir.graph import Module, Op, Value
 from kiln.ir.types import FixedType, TensorType
 
@@ -68,16 +69,6 @@ def bits_of(ttype: TensorType) -> int:
     if isinstance(dtype, FixedType) or dtype.is_integer:
         return dtype.bits
     return DEFAULT_BITS
-
-
-def output_of(op: Op) -> tuple[str, Value]:
-    """The layer's name and output: the requantize that follows it, if it is the only user."""
-    result = op.results[0]
-    users = result.users
-    if len(users) == 1 and users[0].name == "kiln.requantize":
-        result = users[0].results[0]
-    name = result.name or op.name.split(".")[-1]
-    return name.removesuffix(".acc"), result
 
 
 def weight_array(module: Module, value: Value) -> np.ndarray | None:

@@ -1,5 +1,8 @@
 """What `fuse` may put together: the op roles (anchor, elementwise, reduction) and shape rules.
 
+It lives in `kiln.ir` because it describes ops, not a transformation: the `fuse` pass groups by
+these roles and the code generators emit a group's loops from the same rules.
+
 Roles are tables keyed by op class, so a new op joins fusion by adding it to a tuple here:
 
 - **epilogue anchors** (conv1d, conv2d, conv_transpose2d, linear, matmul): the expensive op an
