@@ -8,8 +8,9 @@ empty data set, or arrays of the wrong shape raise a `KilnError` naming the opti
 pass.
 
 **Statistics.** `collect_statistics` interprets the float module on every batch with an
-observer callback and keeps, per float value: the exact minimum and maximum, a strided sample of
-at most `SAMPLES_PER_BATCH` elements of each batch (what the histogram observers see), and the
+observer callback and keeps, per float value: the exact minimum and maximum, a uniform random
+sample of at most `SAMPLES_PER_BATCH` elements of each batch (what the histogram observers see;
+seeded by the batch index; never a stride, which aliases with the tensor's layout), and the
 whole value of the first batch (for per-layer error analysis).
 
 **Observers** (`observe_range`) map statistics to a clipping range [lo, hi]:
@@ -19,9 +20,13 @@ whole value of the first batch (for per-layer error analysis).
 - `entropy`: TensorRT's KL-divergence calibration (pytorch-quantization's
   `_compute_amax_entropy`): a 2048-bin histogram of |x| over [0, max|x|] whose first bin (the
   spike of exact zeros) is set to the second's; for every candidate cut i in 128..2048 bins,
-  P = the first i bins with the outliers folded into the last, Q = those bins merged into 128
-  levels (256 when the tensor is non-negative) and spread back over the non-empty bins; the cut
-  with the least KL(P || Q) gives the threshold t, and the range is [max(lo, -t), min(hi, t)].
+  P = the first i bins with the outliers folded into the last, Q = those bins merged into the
+  levels [0, t] really gets (256 for a non-negative tensor on an asymmetric range, else 128)
+  and spread back over the non-empty bins; the cut with the least KL(P || Q) gives the
+  threshold t, and the range is [max(lo, -t), min(hi, t)]. The search matches the reference
+  (pytorch-quantization; MXNet/ONNX Runtime differ only in merge rounding and smoothing); on a
+  histogram with a tall spike just below a cut (a conv's bias where its input is all zero) it
+  can still clip hard — an inherent trait of KL calibration, which `minmax`/`mse` do not share.
   A tensor with fewer than 16 samples per bin (a model's logits on a few batches) gets fewer
   bins, down to the number of levels — where the only cut left is max|x| (min/max).
 - `mse`: scale the min/max range by each of 100 factors in (0, 1] and keep the one whose
@@ -107,6 +112,19 @@ def calibration_batches(data: Any, func: Func,
 
 
 # -- statistics --------------------------------------------------------------------------------
+def _subsample(flat: np.ndarray, seed: int) -> np.ndarray:
+    """At most `SAMPLES_PER_BATCH` elements, drawn uniformly without replacement.
+
+    Not a stride: every k-th element of a laid-out tensor aliases with its shape (k = 4 over an
+    NCHW map of width 8 sees only columns 0 and 4 — the image border, where a conv outputs its
+    bias), and the histogram observers then calibrate a distribution the tensor does not have.
+    The generator is seeded by the batch index, so calibration stays deterministic."""
+    if flat.size <= SAMPLES_PER_BATCH:
+        return flat.copy()
+    picked = np.random.default_rng(seed).choice(flat.size, SAMPLES_PER_BATCH, replace=False)
+    return flat[np.sort(picked)]
+
+
 @dataclass
 class TensorStats:
     """What calibration keeps about one float value (module docstring)."""
@@ -122,8 +140,7 @@ class TensorStats:
         if finite.size:
             self.lo = min(self.lo, float(finite.min()))
             self.hi = max(self.hi, float(finite.max()))
-        step = max(1, -(-finite.size // SAMPLES_PER_BATCH))
-        self.samples.append(finite[::step].copy())
+        self.samples.append(_subsample(finite, seed=len(self.samples)))
         if self.first is None:
             self.first = np.array(array, copy=True)
 
@@ -198,6 +215,15 @@ def _kl_for_cut(hist: np.ndarray, cut: int, levels: int) -> float:
     return float(np.sum(p[support] * np.log(p[support] / q[support])))
 
 
+def _entropy_levels(lo: float, storage: ScalarType, symmetric: bool) -> int:
+    """Quantization levels [0, t] gets: all of the storage's (256) for a non-negative tensor
+    on an asymmetric range, else one sign's half (128) — a symmetric type spends the other
+    half on negatives even when the tensor has none (`activation_type`)."""
+    info = np.iinfo(storage.numpy)
+    full = int(info.max) - int(info.min) + 1
+    return full if lo >= 0 and not symmetric else full // 2
+
+
 def _mse_range(values: np.ndarray, lo: float, hi: float, storage: ScalarType,
                symmetric: bool) -> tuple[float, float]:
     sample = values[:: max(1, values.size // SAMPLES_PER_BATCH)].astype(np.float64)
@@ -224,7 +250,7 @@ def observe_range(stats: TensorStats, observer: str, *, storage: ScalarType,
         return (float(np.percentile(values, 100.0 - percentile)),
                 float(np.percentile(values, percentile)))
     if observer == "entropy":
-        t = _entropy_threshold(np.abs(values), 256 if lo >= 0 else 128)
+        t = _entropy_threshold(np.abs(values), _entropy_levels(lo, storage, symmetric))
         return max(lo, -t), min(hi, t)
     if observer == "mse":
         return _mse_range(values, lo, hi, storage, symmetric)
