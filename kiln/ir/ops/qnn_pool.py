@@ -21,7 +21,7 @@ import numpy as np
 from kiln.ir import requant
 from kiln.ir.ops import rules
 from kiln.ir.ops.base import fail, register_op
-from kiln.ir.ops.nn_pool import _avg_counts, _AvgPool
+from kiln.ir.ops.nn_pool import _AvgPool
 from kiln.ir.ops.qnn import quant_of
 from kiln.ir.ops.reduce import ReduceBase
 from kiln.ir.types import QuantType, TensorType
@@ -49,19 +49,8 @@ class _QAvgPool(_AvgPool):
         (x,) = args
         q = operands[0].dtype
         assert isinstance(q, QuantType)
-        nd = self.SPATIAL
-        ones = (1,) * nd
-        out = self._window_shape(TensorType(x.shape), self.kernel, self.stride, self.padding,
-                                 ones, self.ceil_mode)
-        raw = x.astype(np.int64) - q.zero_point[0]
-        win = self._windows(raw, self.kernel, self.stride, self.padding, ones, out, np.int64(0))
-        total = win.sum(axis=tuple(range(-nd, 0)), dtype=np.int64)
-        count = np.ones((), np.int64)
-        for i in range(nd):
-            per_axis = _avg_counts(x.shape[2 + i], self.kernel[i], self.stride[i],
-                                   (self.padding[i], self.padding[nd + i]), out[i],
-                                   self.count_include_pad)
-            count = np.multiply.outer(count, per_axis)
+        # the float pool's window sums, on (x - zero point) so padding adds real zeros
+        total, count = self.sums(x.astype(np.int64) - q.zero_point[0], np.dtype(np.int64))
         return (_average(total, count, q),)
 
 
