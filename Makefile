@@ -4,9 +4,23 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv sysdeps demo test lint bench clean
 
-venv: $(VENV)/.installed
+# System tools from Debian: gcc/g++ build the CPU and FPGA targets, graphviz draws the IR graph
+# in report.html, chromium checks that page in a test. Installed only when missing; without
+# root (and no sudo) the step says what to install and goes on (those tests then skip).
+SYSDEPS_BIN := dot:graphviz chromium:chromium
+sysdeps:
+	@missing=""; for pair in $(SYSDEPS_BIN); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
+	  else echo "kiln: please install:$$missing (apt-get)"; exit 0; fi; \
+	  echo "kiln: installing$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq $$missing; fi
+
+venv: sysdeps $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
