@@ -2,8 +2,11 @@
 
 For the jet-tagging MLP, the digits CNN and LeNet-5 (bundled weights), lowered to fixed point
 (`fixed-point{width=16}`, calibrated on the example input): kiln's estimated latency, II and
-resources (`kiln.targets.cost.estimate`, xczu9eg at 200 MHz) at reuse factors 1, 4, 16, 64 in
-both architectures (io_parallel, io_stream).
+resources (xczu9eg at 200 MHz) at reuse factors 1, 4, 16, 64 in both architectures:
+io_parallel by `kiln.targets.cost.estimate` (per IR layer), io_stream by
+`kiln.targets.cost.fpga_stream.estimate_stream` (the dataflow design `io="stream"` emits:
+a beat-level pipeline schedule for latency and II, line buffers and every FIFO at the depth
+the schedule sizes; the FIFO BRAM18K / LUTRAM columns are part of the BRAM / LUT totals).
 
 hls4ml comparison (`--hls4ml`): each model is also converted by hls4ml (PyTorch frontend,
 Vitis backend, io_parallel, the same RF) with every type `ap_fixed<16,6>` (trn, wrap) and a
@@ -35,6 +38,7 @@ import kiln
 from kiln.models import example_inputs, get_model
 from kiln.targets.cost import estimate
 from kiln.targets.cost.fpga_format import format_rows
+from kiln.targets.cost.fpga_stream import estimate_stream
 
 MODELS = ("jet_mlp", "digits_cnn", "lenet5")
 REUSE = (1, 4, 16, 64)
@@ -56,15 +60,18 @@ def estimate_rows(name: str) -> list[list[object]]:
     rows: list[list[object]] = []
     for io in ("parallel", "stream"):
         for rf in REUSE:
-            r = estimate(module, part=PART, clock_mhz=CLOCK, io=io, reuse_factor=rf).report()
+            r = (estimate_stream(module, part=PART, clock_mhz=CLOCK, reuse_factor=rf)
+                 if io == "stream" else
+                 estimate(module, part=PART, clock_mhz=CLOCK, io=io, reuse_factor=rf)).report()
             rows.append([name, io, rf, r["latency_cycles"], f"{r['latency_ns']:.0f}", r["ii"],
-                         r["dsp"], r["lut"], r["ff"], r["bram"], "yes" if r["fits"] else "no"])
+                         r["dsp"], r["lut"], r["ff"], r["bram"], r["fifo_bram"],
+                         r.get("fifo_lut", 0), "yes" if r["fits"] else "no"])
     return rows
 
 
 def estimates_table() -> str:
     headers = ("model", "io", "RF", "latency (cyc)", "latency (ns)", "II", "DSP", "LUT", "FF",
-               "BRAM18K", f"fits {PART}")
+               "BRAM18K", "FIFO BRAM", "FIFO LUT", f"fits {PART}")
     rows = [row for name in MODELS for row in estimate_rows(name)]
     return format_rows(headers, rows)
 

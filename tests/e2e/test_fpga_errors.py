@@ -53,7 +53,7 @@ def test_failed_build_points_at_the_log(tmp_path: Path) -> None:
     assert "compiler log" in str(info.value)
 
 
-def test_stream_io_is_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(KilnError, match="io='stream' is not implemented"):
+def test_unknown_io_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(KilnError, match="io='axi' is not one of parallel, stream"):
         kiln.compile(get_model("jet_mlp"), example_inputs("jet_mlp"), target="fpga",
-                     io="stream", cache_dir=str(tmp_path))
+                     io="axi", cache_dir=str(tmp_path))

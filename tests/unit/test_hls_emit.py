@@ -59,5 +59,5 @@ def test_float_module_is_refused() -> None:
 def test_bad_options() -> None:
     with pytest.raises(KilnError, match="reuse_factor"):
         HlsOptions(reuse_factor=0).check()
-    with pytest.raises(KilnError, match="stream"):
-        HlsOptions(io="stream").check()
+    with pytest.raises(KilnError, match="io='axi'"):
+        HlsOptions(io="axi").check()

@@ -13,6 +13,10 @@ quantized inputs and the raws of the values the model dequantizes. Converting fl
 (and back, plus any float tail such as a final softmax) is the host's job: the testbench reads
 raws, `art(x)` converts on the host with kiln's exact `quantize_fixed`/`fixed_to_float`.
 
+`io="stream"` writes the dataflow architecture instead (`emit_stream`: `hls::stream` FIFOs
+between layer functions under `DATAFLOW`, line buffers for windows, `kiln_stream_layers.h`);
+the testbench protocol, Makefile and Vitis scripts are the same.
+
 `flavor="asic"` writes the same C++ for ASIC HLS flows (Catapult, Stratus, ...): no Vitis
 pragmas at all (no `INTERFACE`/`ap_ctrl_hs`, `ARRAY_PARTITION`/`RESHAPE`, `PIPELINE`,
 `DATAFLOW`, no `hls::stream` header), since they name FPGA primitives or a Vitis port
@@ -28,9 +32,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 from kiln.codegen.hls.emit_layers import emit_layer, emit_weights
+from kiln.codegen.hls.emit_stream import STREAM_HEADERS, emit_stream
 from kiln.codegen.hls.layers import HlsTensor, Lowered, ReuseFactor, lower
 from kiln.codegen.hls.project import project_files, reuse_text
-from kiln.codegen.names import c_prefix
+from kiln.codegen.names import c_prefix, comment
 from kiln.codegen.writer import CodeWriter
 from kiln.errors import KilnError
 from kiln.ir.graph import Module
@@ -38,18 +43,22 @@ from kiln.ir.graph import Module
 RUNTIME_HEADERS = ("kiln_fixed.h", "kiln_layers.h", "kiln_stream.h")
 ASIC_HEADERS = ("kiln_fixed.h", "kiln_layers.h")
 FLAVORS = ("fpga", "asic")
+IO_MODES = ("parallel", "stream")
 
 
 @dataclass(frozen=True)
 class HlsOptions:
     """Code generation options (the fpga target's `reuse_factor` — one int, or layer name →
-    int — `io`, `part`, `clock_mhz`; `flavor` "fpga" (Vitis) or "asic" (module docstring))."""
+    int — `io`, `part`, `clock_mhz`; `flavor` "fpga" (Vitis) or "asic" (module docstring));
+    `fifo_depths`: io="stream" FIFO name → depth (default: each FIFO holds its whole tensor;
+    the fpga target passes the stream estimator's sizing)."""
 
     reuse_factor: ReuseFactor = 1
     io: str = "parallel"
     part: str = "xczu9eg-ffvb1156-2-e"
     clock_mhz: float = 200.0
     flavor: str = "fpga"
+    fifo_depths: Mapping[str, int] | None = None
 
     def check(self) -> None:
         rfs = self.reuse_factor.values() if isinstance(self.reuse_factor, Mapping) \
@@ -58,9 +67,11 @@ class HlsOptions:
             raise KilnError(f"option reuse_factor={self.reuse_factor} must be >= 1")
         if self.flavor not in FLAVORS:
             raise KilnError(f"HLS flavor '{self.flavor}' is not one of {', '.join(FLAVORS)}")
-        if self.io != "parallel":
-            raise KilnError(f"fpga option io='{self.io}' is not implemented yet",
-                            hint="use io='parallel' (io='stream' is planned)")
+        if self.io not in IO_MODES:
+            raise KilnError(f"fpga option io='{self.io}' is not one of {', '.join(IO_MODES)}")
+        if self.io == "stream" and self.flavor != "fpga":
+            raise KilnError(f"io='stream' is an FPGA architecture (hls::stream, DATAFLOW); "
+                            f"flavor '{self.flavor}' writes io='parallel' only")
 
 
 def runtime_header(name: str) -> str:
@@ -124,7 +135,8 @@ def _ports(w: CodeWriter, lowered: Lowered, rf: int) -> None:
 def _arrays(lowered: Lowered) -> dict[HlsTensor, str]:
     """C expression of every tensor: ports, then locals (a flatten aliases its input)."""
     where = {t: f"in{i}" for i, t in enumerate(lowered.inputs)}
-    where.update({t: f"out{i}" for i, t in enumerate(lowered.outputs)})
+    for i, t in enumerate(lowered.outputs):  # an input (or a repeat) returned: copied at the end
+        where.setdefault(t, f"out{i}")
     return where
 
 
@@ -137,7 +149,7 @@ def _body(w: CodeWriter, lowered: Lowered, flavor: str) -> None:
             if out in where:  # an output port that is a reshape of a local: copy it
                 w.line(f"for (int i = 0; i < {out.size}; i++) {where[out]}[i] = {src}[i];")
             else:
-                w.line(f"const int64_t* {out.name} = {src};  // {layer.source}: free")
+                w.line(f"const int64_t* {out.name} = {src};  // {comment(layer.source)}: free")
                 where[out] = out.name
             continue
         if out not in where:
@@ -149,10 +161,9 @@ def _body(w: CodeWriter, lowered: Lowered, flavor: str) -> None:
             where[out] = out.name
         args = ", ".join(where[t] for t in layer.inputs)
         w.line(f"{layer.name}({args}, {where[out]});")
-    for t in lowered.outputs:  # an output that is an input or produced before: copy
-        if where.get(t) != f"out{lowered.outputs.index(t)}" and t in lowered.inputs:
-            w.line(f"for (int i = 0; i < {t.size}; i++) out{lowered.outputs.index(t)}[i] = "
-                   f"{where[t]}[i];")
+    for j, t in enumerate(lowered.outputs):  # an input, or an output returned twice: copy
+        if where.get(t) != f"out{j}":
+            w.line(f"for (int i = 0; i < {t.size}; i++) out{j}[i] = {where[t]}[i];")
 
 
 def _source(name: str, lowered: Lowered, options: HlsOptions) -> str:
@@ -175,6 +186,8 @@ def _source(name: str, lowered: Lowered, options: HlsOptions) -> str:
 def emit_lowered(module: Module, lowered: Lowered, options: HlsOptions) -> dict[str, str]:
     """The project's files for an already lowered module."""
     name = model_name(module)
+    if options.io == "stream":
+        return emit_stream(name, lowered, options, {h: runtime_header(h) for h in STREAM_HEADERS})
     files = {f"firmware/{name}.h": _header(name, lowered),
              f"firmware/{name}.cpp": _source(name, lowered, options),
              f"firmware/{name}_weights.h": _weights(name, lowered, options.flavor)}

@@ -10,14 +10,18 @@ an exported project were written from kiln's interpreter (`tb_input_features.dat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kiln.codegen.hls.layers import Lowered
+from kiln.codegen.names import comment
 from kiln.codegen.writer import CodeWriter
 
 if TYPE_CHECKING:
     from kiln.codegen.hls.emitter import HlsOptions
 
+TestbenchCall = Callable[[CodeWriter, str, Lowered], None]
+"""Writes the testbench's top-function call (io_stream packs arrays into streams)."""
 CXXFLAGS = "-O2 -std=c++14 -Wall -Wno-unused-label -Wno-unknown-pragmas"
 
 
@@ -29,7 +33,7 @@ def reuse_text(lowered: Lowered) -> str:
     return ", ".join(f"{k}={v}" for k, v in rfs.items() if v != 1)
 
 
-def testbench(name: str, lowered: Lowered) -> str:
+def testbench(name: str, lowered: Lowered, call: TestbenchCall | None = None) -> str:
     w = CodeWriter()
     w.lines([f"// C-simulation testbench for {name} (protocol: kiln/codegen/hls/project.py).",
              "#include <cstdio>", "#include <cstdlib>", "#include <fstream>", "#include <sstream>",
@@ -48,7 +52,7 @@ def testbench(name: str, lowered: Lowered) -> str:
                  "std::ifstream fgold;", "if (argc > 3) fgold.open(argv[3]);",
                  "std::vector<long long> x, gold;", "long samples = 0, mismatches = 0;"])
         with w.block(f"while (read_line(fin, x, {n_in}))"):
-            _call(w, name, lowered)
+            (call or _call)(w, name, lowered)
             w.line(f"long long y[{max(n_out, 1)}];")
             w.line("size_t k = 0;")
             for i, t in enumerate(lowered.outputs):
@@ -119,7 +123,7 @@ def hls_config(name: str, options: HlsOptions) -> str:
 
 def readme(name: str, lowered: Lowered, options: HlsOptions) -> str:
     rows = [f"| {layer.name} | {layer.kind} | {list(layer.output.shape)} | "
-            f"`{layer.output.dtype}` | {layer.nonzero_weights} | {layer.source} |"
+            f"`{layer.output.dtype}` | {layer.nonzero_weights} | {comment(layer.source)} |"
             for layer in lowered.layers]
     tail = ", ".join(op.name for op in lowered.tail) or "none"
     return "\n".join([
@@ -152,8 +156,9 @@ def _tool_lines(options: HlsOptions) -> list[str]:
             "  `v++ -c --mode hls --config hls_config.cfg` is the unified-flow equivalent."]
 
 
-def project_files(name: str, lowered: Lowered, options: HlsOptions) -> dict[str, str]:
-    files = {f"tb_{name}.cpp": testbench(name, lowered), "Makefile": makefile(name),
+def project_files(name: str, lowered: Lowered, options: HlsOptions,
+                  call: TestbenchCall | None = None) -> dict[str, str]:
+    files = {f"tb_{name}.cpp": testbench(name, lowered, call), "Makefile": makefile(name),
              "README.md": readme(name, lowered, options)}
     if options.flavor == "fpga":
         files.update({"run_hls.tcl": run_hls_tcl(name, options),

@@ -1,0 +1,268 @@
+// kiln_stream_layers.h: templated layer functions for kiln's io_stream HLS architecture.
+//
+// Every tensor travels as a stream of pixels: one beat per spatial position (raster order:
+// row by row, column by column; 1-D tensors are a single beat), each beat packing all C
+// channels of that position (`kiln::pixel<C>`, hls4ml's `nnet::array<T, n_chan>`). A tensor of
+// logical shape (C, H, W) is H*W beats of C raws; element (c, p) of the channels-first flat
+// tensor is beat p, lane c. A flatten of such a tensor is the same stream (the dense layer
+// that reads it indexes its input as c * P + p, the channels-first order of the IR).
+//
+// Convolutions and pools consume their input pixel by pixel into a line buffer holding the
+// last R input rows (R = the rows one window spans) and emit each output pixel as soon as the
+// last input pixel its window needs has arrived (`window_scan`). The arithmetic per output is
+// exactly kiln_layers.h's (exact int64 accumulation, then the stage's epilogue), so a stream
+// design is bit-exact with the parallel one and with kiln's interpreter.
+//
+// EPI is the stage's epilogue: the elementwise ops kiln fused into the layer (requantize to
+// the layer's precision, relu, clamp), a struct with `static int64_t apply(int64_t)`.
+// RF is the layer's reuse factor: each output pixel's multiplies share ceil(n / RF)
+// multipliers (`PIPELINE II=RF`), exactly as in the parallel architecture.
+#ifndef KILN_STREAM_LAYERS_H
+#define KILN_STREAM_LAYERS_H
+
+#include "kiln_fixed.h"
+#include "kiln_layers.h"
+#include "kiln_stream.h"
+
+namespace kiln {
+
+template <int N>
+struct pixel {
+    int64_t v[N];
+};
+
+struct Identity {
+    static int64_t apply(int64_t v) { return v; }
+};
+
+// Window bounds along one axis of length L with O outputs: input rows lo(o) .. hi(o)
+// (inclusive, before clipping to [0, L)); `last` is the last row that exists.
+template <int L, int O, int K, int S, int P, int D, bool ADAPTIVE>
+struct Axis {
+    static int lo(int o) { return ADAPTIVE ? o * L / O : o * S - P; }
+    static int hi(int o) {
+        return ADAPTIVE ? ((o + 1) * L + O - 1) / O - 1 : o * S - P + (K - 1) * D;
+    }
+    static int last(int o) {
+        const int h = hi(o);
+        return h < 0 ? 0 : (h >= L ? L - 1 : h);
+    }
+};
+
+// The last R rows of a (C, H, W) input, row h in slot h % R (R >= the rows a window spans).
+template <int C, int W, int R>
+struct LineBuffer {
+    int64_t rows[R][W][C];
+    void put(int h, int w, const pixel<C>& p) {
+        for (int c = 0; c < C; c++) rows[h % R][w][c] = p.v[c];
+    }
+    int64_t at(int h, int w, int c) const { return rows[h % R][w][c]; }
+};
+
+// Read the input pixel by pixel; after each one, emit every output pixel whose window is
+// complete (in raster order). The triggers (AH::last(oh), AW::last(ow)) never decrease in
+// raster order, so a window's rows are still in the R-row buffer when it is computed.
+template <int C, int H, int W, int R, int OH, int OW, int O, int RF, typename AH,
+          typename AW, typename KERNEL>
+void window_scan(hls::stream<pixel<C> >& in, hls::stream<pixel<O> >& out, const KERNEL& k) {
+    LineBuffer<C, W, R> lb;
+    int oh = 0, ow = 0;
+Rows:
+    for (int h = 0; h < H; h++) {
+    Cols:
+        for (int w = 0; w < W; w++) {
+            lb.put(h, w, in.read());
+        Emit:
+            while (oh < OH && (AH::last(oh) < h || (AH::last(oh) == h && AW::last(ow) <= w))) {
+#pragma HLS PIPELINE II = RF
+                pixel<O> y;
+                k.compute(lb, oh, ow, y);
+                out.write(y);
+                if (++ow == OW) {
+                    ow = 0;
+                    oh++;
+                }
+            }
+        }
+    }
+}
+
+// Grouped convolution of one output pixel from the line buffer (conv1d: H = KH = 1).
+template <int C, int H, int W, int R, int O, int KH, int KW, int SH, int SW, int PT, int PL,
+          int DH, int DW, int G, int SHIFT, int BSHIFT, bool HAS_BIAS, typename WT,
+          typename BT, typename EPI>
+struct ConvKernel {
+    const WT* w;
+    const BT* bias;
+    void compute(const LineBuffer<C, W, R>& lb, int oh, int ow, pixel<O>& y) const {
+        const int CG = C / G, OG = O / G;
+    Channels:
+        for (int o = 0; o < O; o++) {
+            const int g = o / OG;
+            int64_t acc = 0;
+            for (int c = 0; c < CG; c++) {
+                for (int kh = 0; kh < KH; kh++) {
+                    const int ih = oh * SH - PT + kh * DH;
+                    if (ih < 0 || ih >= H) continue;
+                    for (int kw = 0; kw < KW; kw++) {
+                        const int iw = ow * SW - PL + kw * DW;
+                        if (iw < 0 || iw >= W) continue;
+                        const int64_t wv = w[((o * CG + c) * KH + kh) * KW + kw];
+                        acc += lb.at(ih, iw, g * CG + c) * wv;
+                    }
+                }
+            }
+            acc = acc * ((int64_t)1 << SHIFT);
+            if (HAS_BIAS) acc += (int64_t)bias[o] * ((int64_t)1 << BSHIFT);
+            y.v[o] = EPI::apply(acc);
+        }
+    }
+};
+
+template <int C, int H, int W, int R, int O, int KH, int KW, int SH, int SW, int PT, int PL,
+          int DH, int DW, int G, int OH, int OW, int SHIFT, int BSHIFT, bool HAS_BIAS,
+          typename WT, typename BT, typename EPI, int RF>
+void conv2d_stream(hls::stream<pixel<C> >& in, hls::stream<pixel<O> >& out, const WT w[],
+                   const BT bias[]) {
+    ConvKernel<C, H, W, R, O, KH, KW, SH, SW, PT, PL, DH, DW, G, SHIFT, BSHIFT, HAS_BIAS, WT,
+               BT, EPI> k = {w, bias};
+    window_scan<C, H, W, R, OH, OW, O, RF, Axis<H, OH, KH, SH, PT, DH, false>,
+                Axis<W, OW, KW, SW, PL, DW, false> >(in, out, k);
+}
+
+template <int C, int W, int R, int KH, int KW, int SH, int SW, int DH, int DW, typename EPI>
+struct MaxPoolKernel {
+    void compute(const LineBuffer<C, W, R>& lb, int oh, int ow, pixel<C>& y) const {
+        for (int c = 0; c < C; c++) {
+            int64_t best = lb.at(oh * SH, ow * SW, c);
+            for (int kh = 0; kh < KH; kh++) {
+                for (int kw = 0; kw < KW; kw++) {
+                    const int64_t v = lb.at(oh * SH + kh * DH, ow * SW + kw * DW, c);
+                    best = v > best ? v : best;
+                }
+            }
+            y.v[c] = EPI::apply(best);
+        }
+    }
+};
+
+template <int C, int H, int W, int R, int KH, int KW, int SH, int SW, int DH, int DW, int OH,
+          int OW, typename EPI>
+void max_pool2d_stream(hls::stream<pixel<C> >& in, hls::stream<pixel<C> >& out) {
+    MaxPoolKernel<C, W, R, KH, KW, SH, SW, DH, DW, EPI> k;
+    window_scan<C, H, W, R, OH, OW, C, 1, Axis<H, OH, KH, SH, 0, DH, false>,
+                Axis<W, OW, KW, SW, 0, DW, false> >(in, out, k);
+}
+
+// Average pool with PyTorch's (adaptive) bins, the exact sum rounded with Q (kiln_layers.h).
+template <int C, int W, int R, typename AH, typename AW, Rounding Q, typename EPI>
+struct AvgPoolKernel {
+    void compute(const LineBuffer<C, W, R>& lb, int oh, int ow, pixel<C>& y) const {
+        const int h0 = AH::lo(oh), h1 = AH::hi(oh) + 1, w0 = AW::lo(ow), w1 = AW::hi(ow) + 1;
+        for (int c = 0; c < C; c++) {
+            int64_t total = 0;
+            for (int h = h0; h < h1; h++) {
+                for (int w = w0; w < w1; w++) total += lb.at(h, w, c);
+            }
+            y.v[c] = EPI::apply(divide_round<Q>(total, (h1 - h0) * (w1 - w0)));
+        }
+    }
+};
+
+template <int C, int H, int W, int R, int OH, int OW, int KH, int KW, int SH, int SW,
+          bool ADAPTIVE, Rounding Q, typename EPI>
+void avg_pool2d_stream(hls::stream<pixel<C> >& in, hls::stream<pixel<C> >& out) {
+    typedef Axis<H, OH, KH, SH, 0, 1, ADAPTIVE> AH;
+    typedef Axis<W, OW, KW, SW, 0, 1, ADAPTIVE> AW;
+    AvgPoolKernel<C, W, R, AH, AW, Q, EPI> k;
+    window_scan<C, H, W, R, OH, OW, C, 1, AH, AW>(in, out, k);
+}
+
+// Global average pool: one running sum per channel, no line buffer (same exact sum).
+template <int C, int P, Rounding Q, typename EPI>
+void global_avg_pool_stream(hls::stream<pixel<C> >& in, hls::stream<pixel<C> >& out) {
+    int64_t total[C];
+    for (int c = 0; c < C; c++) total[c] = 0;
+Pixels:
+    for (int p = 0; p < P; p++) {
+#pragma HLS PIPELINE II = 1
+        const pixel<C> x = in.read();
+        for (int c = 0; c < C; c++) total[c] += x.v[c];
+    }
+    pixel<C> y;
+    for (int c = 0; c < C; c++) y.v[c] = EPI::apply(divide_round<Q>(total[c], P));
+    out.write(y);
+}
+
+// Dense layer on a stream of P beats of C lanes (channels-first input index c * P + p):
+// gather the vector, run kiln::dense (CSR over the non-zero weights), emit one beat.
+template <int P, int C, int NO, int NNZ, int SHIFT, int BSHIFT, bool HAS_BIAS, typename WT,
+          typename BT, typename EPI, int RF>
+void dense_stream(hls::stream<pixel<C> >& in, hls::stream<pixel<NO> >& out,
+                  const int row_ptr[NO + 1], const int col[], const WT val[], const BT bias[]) {
+    int64_t x[P * C], acc[NO];
+Gather:
+    for (int p = 0; p < P; p++) {
+#pragma HLS PIPELINE II = 1
+        const pixel<C> b = in.read();
+        for (int c = 0; c < C; c++) x[c * P + p] = b.v[c];
+    }
+    dense<P * C, NO, NNZ, SHIFT, BSHIFT, HAS_BIAS, WT, BT>(x, acc, row_ptr, col, val, bias);
+    pixel<NO> y;
+    for (int o = 0; o < NO; o++) y.v[o] = EPI::apply(acc[o]);
+    out.write(y);
+}
+
+// Elementwise stage (requantize / relu / clamp chains): one beat in, one beat out.
+template <int P, int C, typename EPI>
+void map_stream(hls::stream<pixel<C> >& in, hls::stream<pixel<C> >& out) {
+Pixels:
+    for (int p = 0; p < P; p++) {
+#pragma HLS PIPELINE II = 1
+        const pixel<C> x = in.read();
+        pixel<C> y;
+        for (int c = 0; c < C; c++) y.v[c] = EPI::apply(x.v[c]);
+        out.write(y);
+    }
+}
+
+// Binary elementwise join of two streams (residual add): operands aligned to the result.
+template <int P, int C, int SA, int SB, BinaryOp OP, typename EPI>
+void binary_stream(hls::stream<pixel<C> >& a, hls::stream<pixel<C> >& b,
+                   hls::stream<pixel<C> >& out) {
+Pixels:
+    for (int p = 0; p < P; p++) {
+#pragma HLS PIPELINE II = 1
+        const pixel<C> x = a.read(), z = b.read();
+        pixel<C> y;
+        for (int c = 0; c < C; c++) {
+            const int64_t u = x.v[c] * ((int64_t)1 << SA), v = z.v[c] * ((int64_t)1 << SB);
+            int64_t r = 0;
+            switch (OP) {
+                case KILN_ADD: r = u + v; break;
+                case KILN_SUB: r = u - v; break;
+                case KILN_MAX: r = u > v ? u : v; break;
+                case KILN_MIN: r = u < v ? u : v; break;
+            }
+            y.v[c] = EPI::apply(r);
+        }
+        out.write(y);
+    }
+}
+
+// Fork: a tensor with two consumers is copied to two streams beat by beat.
+template <int P, int C>
+void duplicate(hls::stream<pixel<C> >& in, hls::stream<pixel<C> >& a,
+               hls::stream<pixel<C> >& b) {
+Pixels:
+    for (int p = 0; p < P; p++) {
+#pragma HLS PIPELINE II = 1
+        const pixel<C> x = in.read();
+        a.write(x);
+        b.write(x);
+    }
+}
+
+}  // namespace kiln
+
+#endif  // KILN_STREAM_LAYERS_H
