@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from kiln.ir.graph import Module
 
 __version__ = "0.1.0"
-__all__ = ["KilnError", "compile", "export_onnx", "import_onnx", "interpret", "load", "parse",
-           "run_passes", "trace"]
+__all__ = ["KilnError", "compile", "export_onnx", "import_onnx", "interpret", "load",
+           "load_compiled", "parse", "run_passes", "trace"]
 
 
 def trace(model: Any, example_inputs: Any) -> Module:
@@ -75,3 +75,7 @@ def compile(model: Any, example_inputs: Any = None, target: str = "reference",
     return compile_model(model, example_inputs, target=target, pipeline=pipeline, **options)
 
 
+def load_compiled(directory: str | Path) -> CompiledModel:
+    """Rebuild a model saved by `CompiledModel.save(directory)` (builds are cached: fast)."""
+    from kiln.compiler.artifact_io import load_compiled as _load_compiled
+    return _load_compiled(directory)

@@ -8,22 +8,21 @@ the example inputs for the report.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kiln.compiler.frontend_dispatch import to_module
-from kiln.ir.analysis import compute_ops
 from kiln.ir.graph import Module
 from kiln.ir.interpret import to_numpy
-from kiln.ir.ops.core import Weight
-from kiln.ir.ops.fused import Fused
 from kiln.targets.target import Artifact, get_target
+
+if TYPE_CHECKING:
+    from kiln.compiler.instruments import PassRecord
 
 PASS_OPTIONS = ("calibration_data", "sample_inputs", "print_ir_after", "print_ir_after_change",
                 "output", "verify", "check_numerics", "numerics_inputs", "numerics_rtol",
@@ -61,6 +60,13 @@ class CompiledModel:
     compile_seconds: float = 0.0
     source_outputs: list[np.ndarray] | None = None
     example_inputs: tuple[Any, ...] = ()
+    source_ir: Module | None = None
+    """The module as the frontend made it, before any pass (the float reference for
+    per-layer numerics of quantized pipelines)."""
+    pass_records: tuple[PassRecord, ...] = ()
+    """One record per pass the pipeline ran: time, op counts, statistics (for the report)."""
+    target_options: dict[str, Any] = field(default_factory=dict)
+    """The target's resolved options (the report lists the JSON-representable ones)."""
 
     @property
     def files(self) -> dict[str, str]:
@@ -77,42 +83,27 @@ class CompiledModel:
             return tensors[0] if len(tensors) == 1 else tuple(tensors)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def report(self) -> dict[str, Any]:
-        """Op counts, parameters, compile time, accuracy vs the source, and the target's own."""
-        weights = [op.kind for op in self.ir.walk() if isinstance(op.kind, Weight)]
-        fused = [op for op in self.ir.main.ops if op.isa(Fused)]
-        out: dict[str, Any] = {
-            "target": self.target,
-            "pipeline": self.pipeline,
-            "ops": len(compute_ops(self.ir.main)),
-            "fused_groups": len(fused),
-            "op_counts": self.ir.op_counts(),
-            "parameters": sum(w.type.numel for w in weights),
-            "weight_bytes": sum(w.type.numel * w.type.numpy_dtype.itemsize for w in weights),
-            "compile_seconds": round(self.compile_seconds, 4),
-        }
-        if self.source_outputs is not None:
-            got = self.artifact.run(*[to_numpy(x) for x in self.example_inputs])
-            out["max_rel_error_vs_source"] = max(
-                (rel_error(g, w) for g, w in zip(got, self.source_outputs)), default=0.0)
-        out.update(self.artifact.report())
-        return out
+    def report(self, *, eval_data: Any = None) -> dict[str, Any]:
+        """The unified report (`kiln.report`, schema in `kiln.report.schema`): model, pipeline,
+        per-layer table, totals, numerics, environment and manifest, with schema 0's flat keys
+        and the target's own totals kept at the top level. `eval_data=(x, y)` adds accuracy."""
+        from kiln.report import build_report
+
+        return build_report(self, eval_data=eval_data)
 
     def export(self, directory: str | Path) -> Path:
         """Write what a user needs to use the model without kiln (target-specific)."""
         return self.artifact.export(Path(directory))
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the optimized IR (`model.kir` + `.npz`), generated files and `report.json`."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.ir.save(out / "model.kir")
-        for name, text in self.files.items():
-            if name != "model.kir":
-                (out / name).parent.mkdir(parents=True, exist_ok=True)
-                (out / name).write_text(text)
-        (out / "report.json").write_text(json.dumps(self.report(), indent=2, sort_keys=True))
-        return out
+    def save(self, directory: str | Path, *, source: dict[str, Any] | None = None) -> Path:
+        """Write the artifact folder `kiln.load_compiled` reads back: the optimized IR
+        (`model.kir` + `.npz`), `artifact.json`, `inputs.npz`, the target's exported files
+        and `report.json` / `report.html` (`kiln.compiler.artifact_io`). `source` says where
+        the model came from (e.g. `{"kind": "bundled", "model": "jet_mlp"}`), so tools can
+        re-create it to compare against."""
+        from kiln.compiler.artifact_io import save_artifact
+
+        return save_artifact(self, directory, source=source)
 
 
 def _source_outputs(model: Any, inputs: Sequence[Any]) -> list[np.ndarray] | None:
@@ -128,7 +119,7 @@ def _source_outputs(model: Any, inputs: Sequence[Any]) -> list[np.ndarray] | Non
 def compile_model(model: Any, example_inputs: Any = None, *, target: str = "reference",
                   pipeline: str | None = None, **options: Any) -> CompiledModel:
     """Frontend → pass pipeline → target build. See `kiln.compile`."""
-    from kiln.compiler.pass_manager import run_passes
+    from kiln.compiler.pass_manager import PassManager
 
     backend = get_target(target)
     pass_options = {k: v for k, v in options.items() if k in PASS_OPTIONS}
@@ -146,8 +137,10 @@ def compile_model(model: Any, example_inputs: Any = None, *, target: str = "refe
             and pass_options.get("calibration_data") is None):
         pass_options["calibration_data"] = [inputs]  # a target's int8 option: calibrate on
         # the example inputs
-    optimized = run_passes(module, chosen, **pass_options)
-    artifact = backend.build(optimized, target_options)
-    return CompiledModel(optimized, target, chosen, artifact,
+    result = PassManager(chosen, **pass_options).run(module)
+    artifact = backend.build(result.module, target_options)
+    return CompiledModel(result.module, target, chosen, artifact,
                          compile_seconds=time.perf_counter() - start,
-                         source_outputs=_source_outputs(model, inputs), example_inputs=inputs)
+                         source_outputs=_source_outputs(model, inputs), example_inputs=inputs,
+                         source_ir=module, pass_records=tuple(result.records),
+                         target_options=target_options)

@@ -75,7 +75,7 @@ def _add_instrument_flags(ap: argparse.ArgumentParser) -> None:
                          "folder under <tempdir>/kiln-reproducers)")
     ap.add_argument("--no-reproducer", action="store_true",
                     help="do not write a reproducer when a pass fails")
-    ap.add_argument("--load-passes", action="append", default=[], metavar="FILE|MODULE",
+    ap.add_argument("--load-passes", "--plugin", action="append", default=[], metavar="FILE|MODULE",
                     help="import a Python file or module that registers passes (repeatable)")
 
 
