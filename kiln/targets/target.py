@@ -65,17 +65,39 @@ _TARGETS: dict[str, str] = {
     "gpu": "kiln.targets.gpu:TARGET",
     "fpga": "kiln.targets.fpga:TARGET",
     "asic": "kiln.targets.asic:TARGET",
+    "tvm": "kiln.targets.tvm:TARGET",
 }
 """Target name → `module:attribute`, imported on first use (a GPU toolchain loads only when
 someone compiles for the GPU). Explicit: new targets add a line here."""
 
 
+_USER_TARGETS: dict[str, Target] = {}
+"""Targets defined outside kiln, added by `register_target` (plugins, user code)."""
+
+
+def register_target(target: Target) -> Target:
+    """Make a target defined outside kiln available to `kiln.compile(..., target=name)` and
+    the command line; a name kiln or another plugin already uses is an error."""
+    if target.name in _TARGETS or target.name in _USER_TARGETS:
+        raise KilnError(f"target '{target.name}' is already registered",
+                        hint="give your target a name of its own")
+    _USER_TARGETS[target.name] = target
+    return target
+
+
+def unregister_target(name: str) -> None:
+    """Remove a target added by `register_target` (tests clean up with this)."""
+    _USER_TARGETS.pop(name, None)
+
+
 def get_target(name: str) -> Target:
     """The target called `name`; a `KilnError` listing the valid ones otherwise."""
+    if name in _USER_TARGETS:
+        return _USER_TARGETS[name]
     spec = _TARGETS.get(name)
     if spec is None:
         raise KilnError(f"unknown target '{name}'",
-                        hint=f"available targets: {', '.join(sorted(_TARGETS))}")
+                        hint=f"available targets: {', '.join(target_names())}")
     module_name, _, attr = spec.partition(":")
     target = getattr(importlib.import_module(module_name), attr)
     assert isinstance(target, Target)
@@ -83,4 +105,4 @@ def get_target(name: str) -> Target:
 
 
 def target_names() -> list[str]:
-    return sorted(_TARGETS)
+    return sorted({*_TARGETS, *_USER_TARGETS})

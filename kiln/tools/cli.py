@@ -29,7 +29,7 @@ from kiln.errors import KilnError
 from kiln.tools.cli_common import add_output_flags, parse_shape, positive_int
 from kiln.tools.cli_model import PRUNE_HELP, load_source, parse_option, parse_prune
 
-TARGETS = ("reference", "cpu", "gpu", "fpga", "asic")
+TARGETS = ("reference", "cpu", "gpu", "fpga", "asic", "tvm")
 _RAW = argparse.RawDescriptionHelpFormatter
 
 

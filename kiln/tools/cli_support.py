@@ -8,6 +8,7 @@ restates which op a target supports:
 - fpga / asic: `kiln.codegen.hls.layers` (`KINDS`, and `lower`, which names every op without
   an HLS layer) on the fixed-point module the target's build would make (`fpga.to_fixed`,
   calibrated on the example inputs);
+- tvm: `kiln.targets.tvm_lower.problems` (non-fp32 ops, ops without a Relax rule);
 - reference: the interpreter runs every op.
 """
 
@@ -140,6 +141,13 @@ def _no_problems(module: Module, options: Options) -> list[Diagnostic]:
     return []
 
 
+def _tvm_problems(module: Module, options: Options) -> list[Diagnostic]:
+    """Ops on non-fp32 tensors and ops without a Relax rule (`kiln.targets.tvm_lower`)."""
+    from kiln.targets.tvm_lower import problems
+    typed, missing = problems(module)
+    return [*typed, *missing]
+
+
 SUPPORT: dict[str, TargetSupport] = {
     "cpu": TargetSupport("cpu", _cpu_describe, _cpu_problems),
     "gpu": TargetSupport("gpu", _gpu_describe, _gpu_problems),
@@ -147,6 +155,8 @@ SUPPORT: dict[str, TargetSupport] = {
     "asic": TargetSupport("asic", _hls_describe, _hls_problems, _hls_view),
     "reference": TargetSupport("reference", lambda op, view: "NumPy reference interpreter",
                                _no_problems),
+    "tvm": TargetSupport("tvm", lambda op, view: "lowered to TVM Relax (TVM fuses and schedules)",
+                         _tvm_problems),
 }
 """Target name → its queries (a target missing here is explained as the reference)."""
 
