@@ -86,6 +86,15 @@ class InterpretError(KilnError):
     """The reference interpreter could not run a module (bad inputs, elided weights)."""
 
 
+class KilnWarning(UserWarning):
+    """Suspicious but usable input (NaN/Inf in weights, an opset newer than kiln knows).
+
+    Issued with `warnings.warn(..., KilnWarning)`, so callers can silence it or turn it into an
+    error (`warnings.simplefilter("error", KilnWarning)`); the message names the tensor and where
+    it came from.
+    """
+
+
 @dataclass
 class DiagnosticList:
     """Collects diagnostics so a frontend can report every problem at once."""

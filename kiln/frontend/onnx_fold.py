@@ -19,6 +19,22 @@ from kiln.frontend.onnx_node import Node, numpy_dtype
 
 Folder = Callable[[Node], list[np.ndarray]]
 
+MAX_FOLD_ELEMENTS = 2**27
+"""Largest array evaluated at import time (512 MiB of float32): checked before NumPy allocates,
+so a `ConstantOfShape` of a corrupt or hostile 2**40-element shape is an error, not an
+out-of-memory crash."""
+
+
+def check_size(node: Node, shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """`shape`, if an array of it may be created at import time (the node's error otherwise)."""
+    dims = tuple(int(d) for d in shape)
+    count = math.prod(dims)
+    if any(d < 0 for d in dims) or count > MAX_FOLD_ELEMENTS:
+        raise node.error(f"would create a constant of shape {list(dims)} ({count} elements) "
+                         f"at import time; kiln evaluates at most {MAX_FOLD_ELEMENTS}",
+                         hint="the model file is corrupt, or computes an absurd shape")
+    return dims
+
 
 def _constant(node: Node) -> list[np.ndarray]:
     scalars = {"value_float": np.float32, "value_floats": np.float32,
@@ -49,12 +65,17 @@ def _size(node: Node) -> list[np.ndarray]:
 def _constant_of_shape(node: Node) -> list[np.ndarray]:
     fill = node.attr("value")
     fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill).reshape(-1)
-    shape = tuple(int(d) for d in node.const(0).reshape(-1))
+    shape = check_size(node, [int(d) for d in node.const(0).reshape(-1)])
+    if fill.size < 1:
+        raise node.error("has an empty fill value")
     return [np.full(shape, fill[0], dtype=fill.dtype)]
 
 
 def _range(node: Node) -> list[np.ndarray]:
     start, limit, delta = (node.const(i).reshape(()).item() for i in range(3))
+    if delta == 0:
+        raise node.error("has delta 0")
+    check_size(node, [max(0, math.ceil((limit - start) / delta))])
     return [np.arange(start, limit, delta).astype(node.const(0).dtype)]
 
 
@@ -92,6 +113,21 @@ def _transpose(node: Node) -> list[np.ndarray]:
     return [np.transpose(data, perm)]
 
 
+def _tiled(node: Node) -> tuple[int, ...]:
+    """Tile's repeats, once the tiled size is known to be sane."""
+    reps = node.ints(1) or ()
+    shape = node.shape(0)
+    if len(reps) != len(shape):
+        raise node.error(f"repeats {list(reps)} do not match the rank of {list(shape)}")
+    check_size(node, [d * r for d, r in zip(shape, reps)])
+    return reps
+
+
+def _where(node: Node) -> list[np.ndarray]:
+    check_size(node, np.broadcast_shapes(*(node.shape(i) for i in range(3))))
+    return [np.where(node.const(0), node.const(1), node.const(2))]
+
+
 def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return (np.sign(a) * np.sign(b) * (np.abs(a) // np.where(b == 0, 1, np.abs(b))))
@@ -121,6 +157,7 @@ _REDUCE: dict[str, Callable[..., np.ndarray]] = {
 def _binary(node: Node) -> list[np.ndarray]:
     fn = _BINARY[node.op_type]
     arrays = [node.const(i) for i in range(len(node.operands))]
+    check_size(node, np.broadcast_shapes(*(a.shape for a in arrays)))
     out = arrays[0]
     for other in arrays[1:]:
         other = other.reshape(params.legacy_rhs_shape(node, out.ndim, other.shape))
@@ -165,7 +202,7 @@ FOLDERS: dict[str, Folder] = {
     "Transpose": _transpose,
     "Mean": _mean,
     "Dropout": lambda n: [n.const(0), np.ones(n.shape(0), np.bool_)],
-    "Where": lambda n: [np.where(n.const(0), n.const(1), n.const(2))],
+    "Where": _where,
     "Unsqueeze": lambda n: [n.const(0).reshape(params.unsqueezed(
         n.shape(0), params.unsqueeze_axes(n, n.rank(0))))],
     "Squeeze": lambda n: [np.squeeze(n.const(0), params.squeeze_axes(n, n.shape(0)))],
@@ -174,9 +211,9 @@ FOLDERS: dict[str, Folder] = {
         axis=params.norm_axis(n, int(n.attr("axis", 0)), n.rank(0)))],
     "Reshape": lambda n: [n.const(0).reshape(params.reshape_target(
         n, n.shape(0), n.ints(1, "shape") or ()))],
-    "Expand": lambda n: [np.broadcast_to(n.const(0), params.broadcast(
-        n, n.shape(0), n.ints(1) or ())).copy()],
-    "Tile": lambda n: [np.tile(n.const(0), n.ints(1) or ())],
+    "Expand": lambda n: [np.broadcast_to(n.const(0), check_size(n, params.broadcast(
+        n, n.shape(0), n.ints(1) or ()))).copy()],
+    "Tile": lambda n: [np.tile(n.const(0), _tiled(n))],
     **{op: _binary for op in _BINARY},
     **{op: _unary for op in _UNARY},
     **{op: _reduce for op in _REDUCE},

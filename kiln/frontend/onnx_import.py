@@ -13,6 +13,7 @@ ONNX backend test models need them).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from kiln.errors import Diagnostic, ImportError_, UnsupportedOpError
+from kiln.errors import Diagnostic, ImportError_, KilnWarning, UnsupportedOpError
 from kiln.frontend import onnx_ops_math, onnx_ops_nn, onnx_ops_quant, onnx_ops_shape
 from kiln.frontend.onnx_fold import ALWAYS_FOLD, FOLDERS
 from kiln.frontend.onnx_load import (
+    MAX_ELEMENTS,
     InputShapes,
+    check_initializer,
+    check_names,
     default_opset,
     inferred_shapes,
     input_types,
@@ -36,6 +40,7 @@ from kiln.frontend.onnx_node import Converter, Node, Operand, Result
 from kiln.ir.builder import Builder, new_function
 from kiln.ir.graph import Module, Value, clean_name
 from kiln.ir.location import Location
+from kiln.ir.serialize import warn_nonfinite
 
 log = logging.getLogger("kiln.frontend.onnx")
 
@@ -73,8 +78,9 @@ class _Importer:
         self.file = file
         self.opset = default_opset(model)
         if self.opset > MAX_OPSET:
-            log.warning("ONNX opset %d is newer than kiln knows (%d); ops whose semantics "
-                        "changed after it may be misread", self.opset, MAX_OPSET)
+            warnings.warn(f"ONNX opset {self.opset} is newer than kiln knows ({MAX_OPSET}); "
+                          "ops whose semantics changed after it may be misread",
+                          KilnWarning, stacklevel=3)
         name = clean_name(self.graph.name) or clean_name(Path(file).stem if file else None)
         self.module = Module(name or "model")
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -82,12 +88,18 @@ class _Importer:
         self.builder: Builder | None = None
 
     def run(self, pinned: InputShapes | None) -> Module:
+        check_names(self.graph)
+        for tensor in self.graph.initializer:
+            check_initializer(tensor)
         self._check_supported()
         inputs = input_types(self.graph, set(self.initializers), pinned)
         func, self.builder = new_function(self.module, "forward", list(inputs.values()),
                                           [clean_name(n) for n in inputs])
         env: dict[str, Operand] = {name: self._initializer(name) for name in self.initializers}
         env.update(zip(inputs, func.args))
+        warn_nonfinite({n: a for n, a in env.items() if isinstance(a, np.ndarray)},
+                       f"'{self.file}'" if self.file else "the ONNX model",
+                       what="ONNX initializer")
         order = topo_order(self.graph, set(env))
         expected = inferred_shapes(self.model, inputs)
         used = {n for node in order for n in node.input} | {o.name for o in self.graph.output}
@@ -124,7 +136,7 @@ class _Importer:
     def _initializer(self, name: str) -> np.ndarray:
         try:
             return numpy_helper.to_array(self.initializers[name])
-        except (ValueError, TypeError, OSError) as exc:
+        except (ValueError, TypeError, KeyError, OSError) as exc:
             raise ImportError_(f"initializer '{name}' cannot be read: {exc}") from None
 
     def _materialize(self, name: str, array: np.ndarray) -> Value:
@@ -156,6 +168,11 @@ class _Importer:
                  expected: dict[str, tuple[int, ...]], used: set[str]) -> None:
         assert self.builder is not None
         operands = [env[name] if name else None for name in proto.input]
+        self._check_arity(proto)
+        for attr in proto.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                check_initializer(attr.t, f"attribute '{attr.name}' of ONNX node "
+                                          f"{proto.op_type} '{proto.name}'")
         node = Node(proto, self.opset, operands, self.builder, self._materialize,
                     self._loc(proto))
         outputs = self._results(node, operands)
@@ -170,7 +187,29 @@ class _Importer:
             if isinstance(out, Value) and out.name is None:
                 out.name = clean_name(name)
             self._check_shape(node, name, out, expected)
+            if isinstance(out, Value) and out.type.numel > MAX_ELEMENTS:
+                raise node.error(f"output '{name}' would have the shape {list(out.type.shape)}, "
+                                 f"more than {MAX_ELEMENTS} elements",
+                                 hint="the model file is corrupt, or far too large to compile")
             env[name] = out
+
+    def _check_arity(self, proto: onnx.NodeProto) -> None:
+        """Input and output counts within the op's ONNX schema: an `Add` with one input must
+        not import as an identity, a `Gemm` with a fifth input must not drop it."""
+        try:
+            schema = onnx.defs.get_schema(proto.op_type, self.opset, "")
+        except onnx.defs.SchemaError:
+            return
+        inputs, outputs = len(proto.input), len(proto.output)
+        if not schema.min_input <= inputs <= schema.max_input or not (
+                schema.min_output <= outputs <= schema.max_output):
+            def span(low: int, high: int) -> str:
+                return str(low) if low == high else f"{low} to {min(high, 99)}"
+            raise ImportError_(diagnostics=[Diagnostic(
+                f"ONNX {proto.op_type} '{proto.name}' has {inputs} input(s) and {outputs} "
+                f"output(s); opset {self.opset} defines {span(schema.min_input, schema.max_input)}"
+                f" input(s) and {span(schema.min_output, schema.max_output)} output(s)",
+                loc=self._loc(proto), hint="the model is not valid ONNX; re-export it")])
 
     def _results(self, node: Node, operands: list[Operand]) -> list[Result]:
         op_type = node.op_type
@@ -178,12 +217,17 @@ class _Importer:
         if op_type in FOLDERS and (constant or op_type in ALWAYS_FOLD):
             try:
                 return [np.asarray(a) for a in FOLDERS[op_type](node)]
-            except (ValueError, IndexError, TypeError) as exc:
+            except (ValueError, IndexError, TypeError, ArithmeticError) as exc:
                 raise node.error(f"cannot be evaluated at import time: {exc}") from None
         if op_type not in CONVERTERS:
             raise node.unsupported("is supported only when its inputs are constants (shape "
                                    "arithmetic evaluated at import time)")
-        result: Any = CONVERTERS[op_type](node)
+        try:
+            result: Any = CONVERTERS[op_type](node)
+        except (ValueError, IndexError, TypeError, KeyError, ArithmeticError) as exc:
+            raise node.error(f"cannot be imported ({type(exc).__name__}: {exc})",
+                             hint="its attributes or inputs are malformed; if onnxruntime runs "
+                                  "the model, please report this as a kiln bug") from None
         return [result] if isinstance(result, (Value, np.ndarray)) else list(result)
 
     def _check_shape(self, node: Node, name: str, out: Result,

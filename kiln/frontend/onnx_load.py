@@ -2,7 +2,9 @@
 
 Everything a user can get wrong about the file itself is caught here and reported as a
 `KilnError`, never as a protobuf traceback: a missing, empty, truncated or non-ONNX file, a graph
-that uses a name nothing defines, a cycle, inputs with symbolic dimensions.
+that uses a name nothing defines, a cycle, inputs with symbolic dimensions, duplicate names, an
+opset that does not exist, and declared sizes that are absurd or disagree with the data
+(checked before anything is allocated: a 2**40-element initializer is refused, not attempted).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from kiln.errors import Diagnostic, ImportError_, KilnError, UnsupportedOpError
 from kiln.frontend.onnx_node import ONNX_DTYPES, onnx_dtype_name
+from kiln.ir.lexer import MAX_ELEMENTS, MAX_RANK
 from kiln.ir.types import TensorType
 
 InputShapes = Mapping[str, Sequence[int]]
@@ -24,9 +28,10 @@ InputShapes = Mapping[str, Sequence[int]]
 def read_model(source: Any) -> tuple[onnx.ModelProto, str | None]:
     """The model and, when read from a path, the file's basename (for locations)."""
     if isinstance(source, onnx.ModelProto):
-        return _validated(source, "the ModelProto"), None
+        return _no_external(_validated(source, "the ModelProto"), "the ModelProto"), None
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _validated(_parse(bytes(source), "the given data"), "the given data"), None
+        model = _validated(_parse(bytes(source), "the given data"), "the given data")
+        return _no_external(model, "the given data"), None
     if not isinstance(source, (str, Path)):
         raise KilnError(f"import_onnx takes a path, bytes or an onnx.ModelProto, "
                         f"not {type(source).__name__}")
@@ -37,12 +42,23 @@ def read_model(source: Any) -> tuple[onnx.ModelProto, str | None]:
     data = path.read_bytes()
     model = _parse(data, f"'{path}'")
     if _uses_external_data(model):
-        try:
+        try:  # onnx refuses locations outside the model's folder (../, absolute paths)
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, ValueError, onnx's ValidationError, ...
             raise ImportError_(f"'{path}' refers to external tensor data that could not be "
-                               f"read: {exc}") from None
+                               f"read: {exc}", hint="external data must be a file in the "
+                               "model's folder; check the .onnx file and its data files") from None
     return _validated(model, f"'{path}'"), path.name
+
+
+def _no_external(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
+    """Without a file there is no folder to resolve external data in: kiln will not read
+    paths named by the model relative to the current directory."""
+    if _uses_external_data(model):
+        raise ImportError_(f"{what} refers to external tensor data (a file beside the model)",
+                           hint="import the model from its .onnx path, or load it with "
+                                "onnx.load(path) (which reads the external data) first")
+    return model
 
 
 def _parse(data: bytes, what: str) -> onnx.ModelProto:
@@ -61,12 +77,31 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
 def _validated(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
     """Protobuf parses many byte strings; an ONNX model has a version, an opset and a graph."""
     if model.ir_version <= 0 or not model.HasField("graph"):
-        missing = "an IR version" if model.ir_version <= 0 else "a graph"
+        missing = "IR version" if model.ir_version <= 0 else "graph"
         raise ImportError_(f"{what} is not a valid ONNX model: it has no {missing}",
                            hint="the file may be truncated or not an ONNX model")
     if not model.graph.output:
         raise ImportError_(f"{what} is not a valid ONNX model: its graph has no outputs")
+    _check_text(model, what)
     return model
+
+
+def _check_text(model: onnx.ModelProto, what: str) -> None:
+    """Every name is text: protobuf hands back `bytes` for a string field that is not UTF-8."""
+    graph = model.graph
+    fields: list[tuple[str, object]] = [("the graph name", graph.name)]
+    fields += [(f"opset domain {i}", e.domain) for i, e in enumerate(model.opset_import)]
+    for i, node in enumerate(graph.node):
+        fields += [(f"node {i}", text) for text in (node.name, node.op_type, node.domain)]
+        fields += [(f"node {i}", text) for text in (*node.input, *node.output)]
+        fields += [(f"node {i}", attr.name) for attr in node.attribute]
+    for kind, values in (("graph input", graph.input), ("graph output", graph.output),
+                         ("initializer", graph.initializer), ("value_info", graph.value_info)):
+        fields += [(f"{kind} {i}", v.name) for i, v in enumerate(values)]
+    for where, text in fields:
+        if not isinstance(text, str):
+            raise ImportError_(f"{what} is not a valid ONNX model: a name of {where} is not "
+                               f"UTF-8 text ({text!r:.60})", hint="the file is corrupt")
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
@@ -74,12 +109,76 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def default_opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    if model.opset_import:
+    """The version of the default domain; an opset that does not exist is an error."""
+    versions = [int(e.version) for e in model.opset_import if e.domain in ("", "ai.onnx")]
+    if not model.opset_import:
+        raise ImportError_("the ONNX model declares no opset (opset_import is empty)",
+                           hint="re-export the model; every ONNX model names its opset")
+    if not versions:
+        if any(node.domain in ("", "ai.onnx") for node in model.graph.node):
+            domains = sorted(e.domain for e in model.opset_import)
+            raise ImportError_(f"the ONNX model imports only the opset domains {domains}, but "
+                               "its nodes use the default domain",
+                               hint="re-export the model; it is not valid ONNX")
         return 1
-    raise ImportError_("the ONNX model declares no opset (opset_import is empty)")
+    newest = onnx.defs.onnx_opset_version()
+    if len(set(versions)) > 1 or not 1 <= versions[0] <= newest:
+        raise ImportError_(f"the ONNX model declares default-domain opset {versions}, which "
+                           f"does not exist (ONNX opsets run from 1 to {newest})",
+                           hint="the file is corrupt or was written by a broken exporter")
+    return versions[0]
+
+
+def check_names(graph: onnx.GraphProto) -> None:
+    """Graph inputs and initializers are each named once (a second definition would silently
+    shadow the first)."""
+    for what, names in (("graph input", [i.name for i in graph.input]),
+                        ("initializer", [t.name for t in graph.initializer])):
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ImportError_(f"ONNX {what} '{name}' is defined twice",
+                                   hint="names in an ONNX graph must be unique")
+            seen.add(name)
+
+
+def check_initializer(tensor: onnx.TensorProto, where: str | None = None) -> None:
+    """Refuse an initializer (or a tensor attribute) whose declared shape is absurd or disagrees
+    with its data, before NumPy allocates or reshapes anything."""
+    dims = [int(d) for d in tensor.dims]
+    where = where or f"ONNX initializer '{tensor.name}'"
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims):
+        raise ImportError_(f"{where} declares the shape {dims}",
+                           hint="the file is corrupt or was written by a broken exporter")
+    count = _checked_count(dims, where)
+    if tensor.data_type not in ONNX_DTYPES:
+        raise UnsupportedOpError(f"{where} has element type "
+                                 f"{onnx_dtype_name(tensor.data_type)}, which kiln does not "
+                                 "support")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return  # loaded by onnx's helper, which checked the file's size
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    if tensor.HasField("raw_data"):
+        have, want = len(tensor.raw_data), count * itemsize
+        unit = "bytes"
+    else:
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        have, want, unit = len(getattr(tensor, field)), count, "values"
+    if have != want:
+        raise ImportError_(f"{where} declares the shape {dims} ({want} {unit} of "
+                           f"{onnx_dtype_name(tensor.data_type)}), but holds {have} {unit}",
+                           hint="the file is truncated or corrupt; re-export the model")
+
+
+def _checked_count(dims: Sequence[int], where: str) -> int:
+    count = 1
+    for d in dims:
+        count *= d
+    if count > MAX_ELEMENTS:
+        raise ImportError_(f"{where} declares the shape {list(dims)} ({count} elements), more "
+                           f"than kiln imports ({MAX_ELEMENTS})",
+                           hint="the file is corrupt, or the model is far too large to compile")
+    return count
 
 
 def input_types(graph: onnx.GraphProto, initializers: set[str],
@@ -126,12 +225,20 @@ def _input_type(value: onnx.ValueInfoProto,
         if tensor.HasField("shape") and len(shape) != len(dims):
             return None, (f"input '{value.name}': input_shapes gives {list(shape)}, but the "
                           f"model declares rank {len(dims)} ({dims})")
-        return TensorType(shape, ONNX_DTYPES[tensor.elem_type]), None
+        return _sized(value.name, shape, tensor.elem_type)
     if not tensor.HasField("shape"):
         return None, f"input '{value.name}' has no declared shape"
     if not all(isinstance(d, int) for d in dims):
         return None, f"input '{value.name}' has symbolic or unknown dimensions {dims}"
-    return TensorType(tuple(int(d) for d in dims), ONNX_DTYPES[tensor.elem_type]), None
+    return _sized(value.name, tuple(int(d) for d in dims), tensor.elem_type)
+
+
+def _sized(name: str, shape: tuple[int, ...], elem_type: int) -> tuple[TensorType | None,
+                                                                       str | None]:
+    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+        return None, f"input '{name}' has the shape {list(shape)}"
+    _checked_count(shape, f"ONNX graph input '{name}'")
+    return TensorType(shape, ONNX_DTYPES[elem_type]), None
 
 
 def topo_order(graph: onnx.GraphProto, defined: set[str]) -> list[onnx.NodeProto]:

@@ -78,6 +78,9 @@ def slice_bounds(node: Node, shape: Sequence[int]) -> list[tuple[int, int, int, 
 def reshape_target(node: Node, shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:
     """ONNX Reshape's output shape: 0 copies the input dim (unless allowzero), -1 is inferred."""
     allowzero = bool(node.attr("allowzero", 0))
+    if any(d < -1 for d in target) or (not allowzero and any(
+            d == 0 and i >= len(shape) for i, d in enumerate(target))):
+        raise node.error(f"cannot reshape {list(shape)} into {list(target)}")
     out = [shape[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(target)]
     if out.count(-1) > 1:
         raise node.error(f"shape {list(target)} has more than one -1")

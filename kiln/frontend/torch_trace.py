@@ -6,12 +6,19 @@ graph is converted op by op (`torch_convert`). Tracing happens in eval mode with
 enabled: eval gives BatchNorm/Dropout their inference semantics, and enabled gradients keep
 PyTorch off fused inference fast paths (`nn.TransformerEncoderLayer` under `no_grad()` becomes
 one opaque op). The model's train/eval flags are restored afterwards, module by module.
+
+Hostile or awkward input: the example inputs are cloned first (a model that updates its input
+in place, `x.add_(1)`, must not change the caller's tensor while being traced); Python control
+flow on tensor values is reported as such, with the user's source line; parameters holding NaN
+or Inf get a `KilnWarning` naming them.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -19,12 +26,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from kiln.errors import KilnError
+from kiln.errors import Diagnostic, KilnError
 from kiln.frontend.torch_capture import Captured
 from kiln.frontend.torch_convert import convert_graph
 from kiln.frontend.torch_export import capture_export
 from kiln.frontend.torch_fx import capture_fx
+from kiln.frontend.torch_source import user_frame
 from kiln.ir.graph import Module
+from kiln.ir.location import Location
+from kiln.ir.serialize import warn_nonfinite
 
 log = logging.getLogger("kiln.frontend.torch")
 
@@ -44,7 +54,10 @@ def trace(model: Any, example_inputs: Any, *, method: Method = "auto") -> Module
     with eval_mode(model), torch.enable_grad():
         check_runs(model, args)
         captured = capture(model, args, names, method)
-    return convert_graph(captured, model, type(model).__name__)
+    module = convert_graph(captured, model, type(model).__name__)
+    warn_nonfinite(module.weights, f"the parameters and buffers of {type(model).__name__}",
+                   what="torch tensor")
+    return module
 
 
 def as_tensors(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -57,7 +70,7 @@ def as_tensors(example_inputs: Any) -> tuple[torch.Tensor, ...]:
         if not isinstance(item, torch.Tensor):
             raise KilnError(f"example input {i} is a {type(item).__name__}, not a tensor",
                             hint="pass a tensor, a NumPy array, or a tuple/list of them")
-        tensors.append(item)
+        tensors.append(item.detach().clone())  # the model may update its inputs in place
     return tuple(tensors)
 
 
@@ -109,6 +122,7 @@ def capture(model: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Seque
     if method not in ("auto", "export", "fx"):
         raise KilnError(f"unknown trace method '{method}'", hint="use 'auto', 'export' or 'fx'")
     failures: list[str] = []
+    errors: list[Exception] = []
     if method in ("auto", "export"):
         try:
             return capture_export(model, args, names)
@@ -116,6 +130,7 @@ def capture(model: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Seque
             raise
         except Exception as exc:
             failures.append(f"torch.export failed: {brief(exc)}")
+            errors.append(exc)
             log.info("torch.export failed, falling back to torch.fx: %s", brief(exc))
     if method in ("auto", "fx"):
         try:
@@ -124,6 +139,42 @@ def capture(model: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Seque
             raise
         except Exception as exc:
             failures.append(f"torch.fx symbolic tracing failed: {brief(exc)}")
+            errors.append(exc)
+    dynamic = [exc for exc in errors if is_data_dependent(exc)]
+    if dynamic:
+        raise data_dependent_error(dynamic, failures)
+    if errors and all(isinstance(exc, SyntaxError) for exc in errors):
+        names = [name for name, _ in model.named_modules() if name and not name.isidentifier()
+                 and not all(part.isidentifier() or part.isdigit() for part in name.split("."))]
+        raise KilnError("torch could not capture the model's graph: the code it generates "
+                        "from the model does not parse\n  " + "\n  ".join(failures),
+                        hint="name submodules and parameters with Python identifiers"
+                             + (f" (these are not: {names[:4]})" if names else ""))
     raise KilnError("could not capture the model's graph\n  " + "\n  ".join(failures),
                     hint="often the cause is Python control flow on tensor values (`if "
                          "x.sum() > 0:`); make it depend only on shapes or module attributes")
+
+
+_DATA_DEPENDENT = ("DataDependent", "data-dependent", "data dependent",
+                   "cannot be used as inputs to control flow", "'Proxy'")
+
+
+def is_data_dependent(exc: BaseException) -> bool:
+    """Whether a capture failure is Python control flow (or `int()`/`.item()`) on a tensor value:
+    torch.export's data-dependent guards, torch.fx's proxies in `if`/`for`/`int()`."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in _DATA_DEPENDENT)
+
+
+def data_dependent_error(errors: Sequence[BaseException], failures: Sequence[str]) -> KilnError:
+    """The error for a model whose graph depends on its input values, at the user's line."""
+    frames = [user_frame("".join(traceback.format_tb(e.__traceback__))) for e in errors]
+    frame = next((f for f in frames if f is not None), None)
+    loc = Location(file=os.path.basename(frame[0]), line=frame[1]) if frame else None
+    return KilnError(diagnostics=[Diagnostic(
+        "the model has data-dependent control flow: an `if`, loop or `int()`/`.item()` "
+        "depends on the values of a tensor, so the graph differs from input to input "
+        "(" + "; ".join(failures) + ")", loc=loc,
+        hint="kiln compiles static graphs: make the branch or loop count depend only on "
+             "shapes or module attributes, or compute both branches and pick with "
+             "torch.where(cond, a, b)")])

@@ -42,6 +42,11 @@ EXCERPT_WIDTH = 120
 """Longer source lines are cut to this many characters around the error column."""
 MAX_DEPTH = 64
 """Nesting limit (lists, regions, fused locations): hostile input cannot exhaust the stack."""
+MAX_RANK = 16
+"""Most dimensions a tensor type may have (NumPy allows 64; no model needs more than a few)."""
+MAX_ELEMENTS = 2**31 - 1
+"""Largest tensor a type may describe: generated code indexes with 32-bit ints, and a bigger
+size in a file is corrupt or hostile (the frontends use the same limit)."""
 
 
 class Cursor:
@@ -259,10 +264,16 @@ def read_type(c: Cursor) -> TensorType:
 def _tensor_body(c: Cursor, pos: int) -> TensorType:
     c.expect("<", "after 'tensor'")
     shape: list[int] = []
+    count = 1
     while (m := c.match(_DIM)) is not None:
-        if len(m.group(1)) > MAX_NUMBER_CHARS:
-            raise c.error("dimension too large", m.start())
+        if len(m.group(1)) > MAX_NUMBER_CHARS or len(shape) >= MAX_RANK:
+            raise c.error(f"tensor types have at most {MAX_RANK} dimensions of at most "
+                          f"{MAX_ELEMENTS} elements in all", m.start())
         shape.append(int(m.group(1)))
+        count *= shape[-1]
+    if count > MAX_ELEMENTS:
+        raise c.error(f"tensor type of {count} elements is too large (at most {MAX_ELEMENTS})",
+                      pos)
     dtype = read_dtype(c)
     encoding = _read_encoding(c) if c.accept(",") else None
     c.expect(">", "to close the tensor type")

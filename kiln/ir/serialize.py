@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import IO
 
 import numpy as np
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, KilnWarning
 from kiln.ir.graph import Module
 from kiln.ir.parser import parse
 
@@ -57,7 +58,34 @@ def load_module(path: str | os.PathLike[str]) -> Module:
         raise KilnError(f"cannot read IR file {source}: {exc}") from None
     npz = weights_path(source)
     weights = read_weights(npz) if npz.exists() else None
-    return parse(text, weights, filename=str(source))
+    module = parse(text, weights, filename=str(source))
+    if weights:
+        warn_nonfinite(module.weights, f"weights file {npz}")
+    return module
+
+
+def warn_nonfinite(weights: Mapping[str, np.ndarray], source: str,
+                   what: str = "weight") -> list[str]:
+    """One `KilnWarning` per floating-point weight holding NaN or Inf; the names it warned of.
+
+    Such a weight is almost always a broken checkpoint or export, and it turns every output it
+    reaches into NaN; kiln still compiles it (the user may know better), but never silently.
+    """
+    flagged = []
+    for name in sorted(weights):
+        array = np.asarray(weights[name])
+        if array.dtype.kind not in "fc" or array.size == 0:
+            continue
+        nan = int(np.count_nonzero(np.isnan(array)))
+        inf = int(np.count_nonzero(np.isinf(array)))
+        if nan or inf:
+            flagged.append(name)
+            mask = "" if nan else " (an attention mask of -inf? then ignore this warning)"
+            warnings.warn(f"{what} '{name}' (from {source}) holds {nan} NaN and {inf} Inf "
+                          f"value(s) out of {array.size}: every output it reaches may be "
+                          f"NaN/Inf; check the checkpoint or the export that produced it{mask}",
+                          KilnWarning, stacklevel=3)
+    return flagged
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

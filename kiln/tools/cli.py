@@ -30,6 +30,7 @@ from kiln.tools.cli_common import add_output_flags, parse_shape, positive_int
 from kiln.tools.cli_model import PRUNE_HELP, load_source, parse_option, parse_prune
 
 TARGETS = ("reference", "cpu", "gpu", "fpga", "asic", "tvm")
+"""kiln's own targets (for --help); `get_target` checks the name after plugins load."""
 _RAW = argparse.RawDescriptionHelpFormatter
 
 
@@ -81,7 +82,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-t", "--target", required=True, choices=TARGETS, help="the backend")
+    p.add_argument("-t", "--target", required=True, metavar="T",
+                   help=f"the backend: {', '.join(TARGETS)}, or one a --plugin registers")
     p.add_argument("-p", "--pipeline", help="pass pipeline instead of the target's default, "
                    "e.g. 'default,my-pass' (kiln-opt --list-passes lists them)")
     p.add_argument("--option", type=parse_option, action="append", metavar="KEY=VALUE",

@@ -60,8 +60,13 @@ def test_missing_and_malformed_models(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 1 and "no option nope" in err and "hint" in err
 
 
+def test_unknown_target_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    """Target names are checked after --plugin modules load (a plugin may register one)."""
+    code, err = run_main(["compile", "jet_mlp", "-t", "tpu", "-o", "x"], capsys)
+    assert code == 1 and "unknown target 'tpu'" in err and "cpu, fpga" in err
+
+
 @pytest.mark.parametrize("argv", [
-    ["compile", "jet_mlp", "-t", "tpu", "-o", "x"],
     ["compile", "jet_mlp", "-t", "cpu"],
     ["compile", "jet_mlp", "-t", "cpu", "--input-shape", "1xA", "-o", "x"],
     ["compile", "jet_mlp", "-t", "cpu", "--prune", "1.5", "-o", "x"],

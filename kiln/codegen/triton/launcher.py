@@ -110,7 +110,7 @@ def _init(w: CodeWriter, func: Func, names: _Names, params: dict[str, Op],
             w.line("self.arena = torch.empty(ARENA_BYTES, dtype=torch.uint8, device=self.device)")
             for key, op in params.items():
                 if any(names.plan.storage[v].param is op for v in used):
-                    w.line(f"self.{names.field(op, key, 'w_')} = params[{key!r}]")
+                    w.line(f"self.{names.field(op, key, 'w_')} = params[{key!a}]")
             seen: set[Value] = set()
             for value in used:
                 storage = names.plan.storage[value]
