@@ -3,6 +3,9 @@
 The cache key covers every generated file, the flags and the compiler's version line, so a
 second compile of the same model runs no compiler. A failed build's folder (with
 `csim_build.log`) stays under `<cache>/failed/<key>/` and the `CompileError` names the log.
+With `sanitize=True` the program is built with AddressSanitizer and UBSan
+(`SANITIZE_FLAGS`, non-recoverable: the first finding aborts) and any sanitizer report during a
+run is a `KilnError`; the flags are part of the cache key.
 One run feeds many samples: the host writes raw input integers one sample per line
 (`kiln.codegen.hls.project` describes the protocol), the program writes the output raws.
 """
@@ -21,6 +24,8 @@ from kiln.targets.cache import BuildCache, cache_key
 from kiln.targets.toolchains import gxx
 
 _CACHE_FORMAT = "kiln-hls-csim-1"
+SANITIZE_FLAGS = ("-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-g")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Csim:
 
     binary: Path
     n_out: int
+    sanitized: bool = False
 
     @property
     def log(self) -> Path:
@@ -40,6 +46,11 @@ class Csim:
             src, dst = Path(tmp) / "in.dat", Path(tmp) / "out.dat"
             np.savetxt(src, np.atleast_2d(raws), fmt="%d")
             result = gxx.run([str(self.binary), str(src), str(dst)])
+            if self.sanitized and ("Sanitizer" in result.stderr
+                                   or "runtime error" in result.stderr):
+                raise KilnError(f"the sanitized C-simulation {self.binary} reported a "
+                                f"finding (exit {result.returncode})",
+                                hint=result.stderr.strip()[-2000:])
             if result.returncode != 0:
                 raise KilnError(f"the C-simulation {self.binary} failed "
                                 f"(exit {result.returncode}): {result.stderr.strip()[-300:]}")
@@ -48,23 +59,23 @@ class Csim:
 
 
 def build_csim(files: dict[str, str], name: str, n_out: int, cache_dir: str | None,
-               cxx: str = "g++") -> Csim:
+               cxx: str = "g++", sanitize: bool = False) -> Csim:
     """Build (or find in the cache) the C-simulation of the project `files`."""
     toolchain = gxx.find(cxx)
     sources = sorted(k for k in files if k.startswith("firmware/") or k == f"tb_{name}.cpp")
     parts = [f"{k}\n{files[k]}" for k in sources]
-    key = cache_key(_CACHE_FORMAT, toolchain.version, CXXFLAGS, *parts)
+    flags = [*CXXFLAGS.split(), *(SANITIZE_FLAGS if sanitize else ()), "-Ifirmware"]
+    key = cache_key(_CACHE_FORMAT, toolchain.version, " ".join(flags), *parts)
     cache = BuildCache(cache_dir)
 
     def compile_into(work: Path) -> None:
         for rel in sources:
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             (work / rel).write_text(files[rel])
-        gxx.build(toolchain, work, [f"tb_{name}.cpp", f"firmware/{name}.cpp"], "csim",
-                  [*CXXFLAGS.split(), "-Ifirmware"])
+        gxx.build(toolchain, work, [f"tb_{name}.cpp", f"firmware/{name}.cpp"], "csim", flags)
 
-    entry = cache.lookup(key) or cache.store(key, compile_into)
-    return Csim(entry / "csim", n_out)
+    entry = cache.get(key, compile_into, ["csim"])
+    return Csim(entry / "csim", n_out, sanitize)
 
 
-__all__ = ["Csim", "build_csim"]
+__all__ = ["SANITIZE_FLAGS", "Csim", "build_csim"]

@@ -34,7 +34,8 @@ inline wide_t round_shift(wide_t raw, int d) {
     if (d > 100) d = 100;  // |raw| < 2^63: any shift beyond 64 bits rounds the same way
     const wide_t one = 1;
     const wide_t q = raw >> d;  // arithmetic shift: floor
-    const wide_t r = raw - (q << d);  // 0 <= r < 2^d
+    const wide_t r = raw - q * (one << d);  // 0 <= r < 2^d (q * 2^d: q may be negative,
+    // and a left shift of a negative value is undefined behaviour before C++20)
     const wide_t half = one << (d - 1);
     const bool neg = raw < 0;
     bool up = false;
@@ -59,7 +60,8 @@ inline int64_t requantize(int64_t raw) {
         v = round_shift<Q>(v, d);
     } else if (d < 0) {
         const int up = -d > 64 ? 64 : -d;
-        v = v << up;  // exact in 128 bits for |raw| < 2^63
+        v = v * (wide_t(1) << up);  // exact in 128 bits for |raw| < 2^63 (no shift of a
+        // negative value: undefined behaviour before C++20)
     }
     const wide_t one = 1;
     const wide_t hi = S ? (one << (W - 1)) - 1 : (one << W) - 1;
