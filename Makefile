@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv sysdeps demo test lint bench clean
+.PHONY: venv sysdeps demo test test-slow lint bench clean
 
 # System tools from Debian: gcc/g++ build the CPU and FPGA targets, graphviz draws the IR graph
 # in report.html, chromium checks that page in a test. Installed only when missing; without
@@ -32,8 +32,13 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m kiln.tools.demo
 
+# The suite CI runs; `slow` tests (the sanitized and two-process determinism runs over the whole
+# model zoo, TVM builds of the larger models) run with `make test-slow` (about 15 more minutes).
 test: venv
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n 2 tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n 2 -m "not slow" tests
+
+test-slow: venv
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n 2 -m slow tests
 
 lint: venv
 	$(VENV)/bin/ruff check kiln tests bench
