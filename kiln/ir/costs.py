@@ -46,6 +46,7 @@ from kiln.ir.ops import (
     core,
     elementwise,
     fused,
+    lut,
     nn_conv,
     nn_norm,
     nn_pool,
@@ -271,6 +272,8 @@ FLOP_RULES: dict[type[OpDef], FlopRule] = {
     quant.Quantize: per_element(4),
     quant.Dequantize: per_element(2),
     quant.Requantize: per_element(4),
+    lut.FixedActivation: per_element(4),  # index shift, clamp, table read (hard ones: ÷6)
+    lut.LutSoftmax: per_element(5),        # max, subtract, exp read, sum, multiply
     qnn.QConv1d: plus_per_element(conv_flops, REQUANT_FLOPS),
     qnn.QConv2d: plus_per_element(conv_flops, REQUANT_FLOPS),
     qnn.QLinear: plus_per_element(contraction_flops, REQUANT_FLOPS),

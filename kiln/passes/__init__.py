@@ -9,6 +9,7 @@ from kiln.passes import (  # noqa: F401  (imported for their registrations)
     cse,
     dce,
     decompose,
+    fixed_activations,
     fixed_point,
     fold_batchnorm,
     fold_constants,

@@ -1,4 +1,4 @@
-"""The `fpga` target: calibrated fixed point, HLS C++ (io_parallel), g++ C-simulation.
+"""The `fpga` target: calibrated fixed point, HLS C++ (io_parallel or io_stream), g++ C-sim.
 
     art = kiln.compile(model, x, target="fpga", precision=16, reuse_factor=1)
     art(x)            # runs the C-simulation of the generated HLS C++
@@ -14,17 +14,35 @@ C-simulation (`fpga_csim`). A module that already holds fixed-point types is use
 The C-simulation is bit-exact with kiln's interpreter on the fixed-point IR
 (`art.artifact.module`; `art.ir` is the float IR the pipeline produced):
 inputs are quantized on the host with kiln's exact `quantize_fixed`, the C++ computes every
-layer on raw integers, and the host dequantizes the outputs and runs the float tail (a final
-softmax stays float: it is not lowered to an HLS lookup table yet) with kiln's own reference
-op semantics, so `art(x)` equals `interpret(art.artifact.module, x)` bit for bit (tolerance
+layer on raw integers, and the host dequantizes the outputs and runs the float tail (with
+`activations="host"` a final softmax stays float there; by default, `activations="lut"`,
+softmax, sigmoid, tanh, hardsigmoid and hardswish are FPGA layers: lookup tables of
+`table_size` entries, `kiln.ir.ops.lut`) with kiln's own reference op semantics, so
+`art(x)` equals `interpret(art.artifact.module, x)` bit for bit (tolerance
 0, float tail included). `art.report()` merges the estimator's totals and per-layer costs
 (`kiln.targets.cost`) with each layer's chosen precision.
+
+`io="stream"` builds the dataflow architecture instead (`kiln.codegen.hls.emit_stream`:
+`hls::stream` FIFOs between layer functions under `DATAFLOW`, line buffers for convolutions
+and pools) with FIFO depths sized by the stream estimator (`kiln.targets.cost.fpga_stream`);
+the bits are those of io="parallel", and `report()` costs its stages, line buffers and FIFOs
+(`fifos`: one row per edge with its depth).
 
 `reuse_factor` is one int or a dict layer name → RF (the estimator's layer names, e.g. `fc1`;
 unnamed layers get 1); it changes pragmas only, never the arithmetic. `budget={"dsp": 500,
 ...}` (keys of `kiln.targets.cost.budget`) runs the budget search on the fixed-point module
-and builds with the per-layer reuse factors it chose; `report()["budget"]` holds the request,
-the choice and the Pareto table, and the totals are those of the chosen configuration.
+(the io mode's own estimator: io="stream" costs the dataflow design) and builds with the
+per-layer reuse factors it chose; with `budget_precisions=[8, 10, 12, 16]` it also narrows
+layers (weights and output, integer bits kept), each configuration realized in the IR and
+accepted only when its outputs keep `min_sqnr_db` (default 30 dB) against the float model on
+the calibration data, and the narrowed module is built. `report()["budget"]` holds the
+request, the choice (`chosen_reuse_factor`, `chosen_bits`) and the Pareto table (config,
+latency, resources, `sqnr_db`), and the totals are those of the chosen configuration.
+
+`sanitize=True` builds the C-simulation with AddressSanitizer and UBSan (a finding is a
+`KilnError`); `fit="auto"|"strict"|"off"` says how the estimate is checked against the part
+before any C++ is compiled (`fpga_fit.py`: by default a model far too large for the part fails
+fast, naming the resource and by how much).
 
 Bad input: an op without an HLS implementation (every one named with its source line, before
 any C++ is compiled); a precision too narrow for a calibrated range (a layer's type would have
@@ -36,7 +54,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +66,39 @@ from kiln.codegen.hls.layers import ReuseFactor
 from kiln.errors import KilnError
 from kiln.ir.graph import Module, Op, Value
 from kiln.ir.interpret import interpret_all
+from kiln.ir.ops.core import Constant, Weight
 from kiln.ir.types import FixedType
 from kiln.passes.fixed_point import quantized_already
 from kiln.targets.fpga_csim import Csim, build_csim
+from kiln.targets.fpga_fit import check_fit
 from kiln.targets.target import Target
 
 logger = logging.getLogger("kiln.targets.fpga")
 DEFAULT_PRECISION = 16
 
 
-def _run_op(op: Op, env: dict[Value, np.ndarray]) -> None:
-    """One op by its reference semantics (the interpreter's definition of the op)."""
-    outs = op.kind.reference_typed([v.type for v in op.operands], *[env[v] for v in op.operands])
-    env.update(zip(op.results, outs))
+def _run_op(op: Op, env: dict[Value, np.ndarray], module: Module | None = None) -> None:
+    """One op by its reference semantics (the interpreter's definition of the op); with
+    `module`, weights it reads and fused regions too (the host tail may hold both)."""
+    if module is None:
+        outs = op.kind.reference_typed([v.type for v in op.operands],
+                                       *[env[v] for v in op.operands])
+        env.update(zip(op.results, outs))
+        return
+    from kiln.ir.interpret import _Runner
+
+    runner = _Runner(module, None)
+    _parameters(op.operands, env, module)
+    env.update(zip(op.results, runner.run_op(op, env)))
+
+
+def _parameters(values: Sequence[Value], env: dict[Value, np.ndarray], module: Module) -> None:
+    """Weights and constants among `values` that the host has not computed yet."""
+    from kiln.ir.interpret import _Runner
+
+    for v in values:
+        if v not in env and v.producer is not None and v.producer.isa((Weight, Constant)):
+            env[v] = _Runner(module, None).run_op(v.producer, env)[0]
 
 
 @dataclass
@@ -87,29 +125,38 @@ class FpgaArtifact:
                 want = ", ".join(map(str, arg.type.shape[1:]))
                 raise KilnError(f"input {i} (%{arg.name}) has shape {list(x.shape)}, the "
                                 f"compiled model expects [N, {want}]")
+            if x.ndim and x.shape[0] == 0:
+                raise KilnError(f"input {i} (%{arg.name}) has batch size 0",
+                                hint="pass at least one sample")
             env[arg] = x
         for op in self.lowered.input_ops:
             _run_op(op, env)
-        count = len(next(iter(env.values())))
+        values = self.lowered.input_values
+        count = len(env[values[0]]) if values else len(next(iter(env.values())))
         return np.concatenate([env[v].reshape(count, -1) for v in self.lowered.input_values],
                               axis=1)
 
-    def tail(self, raws: np.ndarray) -> list[np.ndarray]:
-        """Dequantize and run the float tail per sample; stack the samples' results."""
+    def tail(self, raws: np.ndarray, inputs: Sequence[np.ndarray] = ()) -> list[np.ndarray]:
+        """Dequantize and run the float tail per sample; stack the samples' results. The
+        tail may read the model's `inputs` (a residual around the HLS body) and weights."""
         terminator = self.module.main.body.terminator
         assert terminator is not None
         sizes = np.cumsum([0, *(t.size for t in self.lowered.outputs)])
         per_sample = []
-        for row in raws:
+        for i, row in enumerate(raws):
             env = {v: row[a:b].reshape(v.type.shape)
                    for v, a, b in zip(self.lowered.output_values, sizes[:-1], sizes[1:])}
+            env.update({arg: np.asarray(x, dtype=arg.type.numpy_dtype)[
+                slice(None) if len(raws) == 1 else slice(i, i + 1)]  # one sample: as given
+                for arg, x in zip(self.module.main.args, inputs)})
             for op in self.lowered.tail:
-                _run_op(op, env)
+                _run_op(op, env, self.module)
+            _parameters(terminator.operands, env, self.module)  # a weight returned as it is
             per_sample.append([env[v] for v in terminator.operands])
         return [np.concatenate(outs, axis=0) for outs in zip(*per_sample)]
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        return self.tail(self.csim.run(self.raws_in(inputs)))
+        return self.tail(self.csim.run(self.raws_in(inputs)), inputs)
 
     def run_raw(self, *inputs: np.ndarray) -> np.ndarray:
         """The C-simulation's output raws (before dequantization), one row per sample."""
@@ -118,10 +165,7 @@ class FpgaArtifact:
     def report(self) -> dict[str, Any]:
         """The estimator's totals and per-layer costs (`kiln.targets.cost`), each layer with
         its chosen precision, plus the HLS functions and how the C-simulation runs."""
-        from kiln.targets.cost.fpga_estimate import estimate
-
-        est = estimate(self.module, part=self.options.part, clock_mhz=self.options.clock_mhz,
-                       io="parallel", reuse_factor=self.options.reuse_factor).report()
+        est = self._estimate()
         chosen = {t.name[2:]: str(t.dtype) for t in self.lowered.inputs}
         chosen.update({layer.output.name[2:]: str(layer.output.dtype)
                        for layer in self.lowered.layers})
@@ -131,13 +175,29 @@ class FpgaArtifact:
             row["precision"] = chosen.get(str(row.get("name")))
         return {
             **est, "layers": layers,
-            "runtime": "C-simulation of the generated HLS C++ (g++, kiln_fixed.h)",
+            "runtime": "C-simulation of the generated HLS C++ (g++, kiln_fixed.h)"
+                       + (", sanitized" if self.csim.sanitized else ""),
             "reuse_factor": self.options.reuse_factor, "precision": self.precision,
             "hls_functions": [layer_row(layer) for layer in self.lowered.layers],
             "host_tail": [op.name for op in self.lowered.tail],
             "csim_build_log": str(self.csim.log),
             **({"budget": self.budget} if self.budget is not None else {}),
         }
+
+    def _estimate(self) -> dict[str, Any]:
+        """The estimator of the architecture built: per IR layer for io="parallel", per
+        dataflow stage with FIFOs per edge for io="stream" (`cost.fpga_stream`)."""
+        from kiln.targets.cost.fpga_estimate import estimate
+
+        options = self.options
+        if options.io == "stream":
+            from kiln.targets.cost.fpga_stream import estimate_lowered
+
+            est, _ = estimate_lowered(self.lowered, part=options.part,
+                                      clock_mhz=options.clock_mhz)
+            return est.report()
+        return estimate(self.module, part=options.part, clock_mhz=options.clock_mhz,
+                        io="parallel", reuse_factor=options.reuse_factor).report()
 
     def export(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -153,7 +213,8 @@ def layer_row(layer: Any) -> dict[str, Any]:
             "shape": list(layer.output.shape), "type": str(layer.output.dtype),
             "weight_type": str(layer.weight_type) if layer.weight_type else None,
             "nonzero_weights": layer.nonzero_weights, "multiplies": layer.multiplies,
-            "reuse_factor": layer.reuse_factor, "label": layer.label}
+            "reuse_factor": layer.reuse_factor, "label": layer.label,
+            **({"table_error": layer.table_error} if layer.table_error else {})}
 
 
 def _calibration(options: Mapping[str, Any]) -> Any:
@@ -174,8 +235,22 @@ def to_fixed(module: Module, options: Mapping[str, Any]) -> Module:
     from kiln.compiler.pass_manager import run_passes
 
     width = int(options.get("precision") or DEFAULT_PRECISION)
-    return run_passes(module, f"fixed-point{{width={width}}}",
+    return run_passes(module, f"fixed-point{{width={width}}}" + activation_passes(options),
                       calibration_data=_calibration(options))
+
+
+def activation_passes(options: Mapping[str, Any]) -> str:
+    """`activations="lut"` (default): sigmoid, tanh, softmax, hardsigmoid and hardswish run
+    on the FPGA (`fixed-activations`: lookup tables of `table_size` entries, hard ones
+    exact; `table_range`: the tables' input range, a power of two, default per function);
+    `"host"`: they stay float (a final softmax runs in the host tail)."""
+    mode = options.get("activations") or "lut"
+    if mode not in ("lut", "host"):
+        raise KilnError(f"fpga option activations={mode!r} is not one of 'lut', 'host'")
+    size = int(options.get("table_size") or 1024)
+    span = float(options.get("table_range") or 0.0)
+    return f",fixed-activations{{table-size={size},table-range={span}}}" if mode == "lut" \
+        else ""
 
 
 def check_precision(lowered: Lowered, width: int | None) -> None:
@@ -223,12 +298,17 @@ def build_hls(fixed: Module, options: Mapping[str, Any], hls: HlsOptions) -> Fpg
     hls.check()
     lowered = lower(fixed, hls.reuse_factor, hls.io)
     check_precision(lowered, options.get("precision") or DEFAULT_PRECISION)
+    if hls.io == "stream" and hls.fifo_depths is None:
+        from kiln.targets.cost.fpga_stream import fifo_depths
+
+        hls = replace(hls, fifo_depths=fifo_depths(lowered))
     log_precision(lowered)
     files = emit_lowered(fixed, lowered, hls)
     files.update(golden_files(fixed, lowered, tuple(options.get("example_inputs") or ())))
     name = model_name(fixed)
     csim = build_csim(files, name, sum(t.size for t in lowered.outputs),
-                      options.get("cache_dir"), str(options.get("cxx") or "g++"))
+                      options.get("cache_dir"), str(options.get("cxx") or "g++"),
+                      bool(options.get("sanitize")))
     return FpgaArtifact(fixed, lowered, csim, hls, files, options.get("precision"))
 
 
@@ -239,19 +319,30 @@ def reuse_option(value: Any) -> ReuseFactor:
     return int(value)
 
 
-def budget_search(fixed: Module, options: Mapping[str, Any]) -> tuple[ReuseFactor,
-                                                                        dict[str, Any]]:
-    """Per-layer reuse factors meeting `options["budget"]` (the search's `KilnError` when
-    none does) and the report's `budget` entry."""
+def budget_search(fixed: Module, options: Mapping[str, Any], reference: Module | None = None,
+                  ) -> tuple[ReuseFactor, dict[str, Any], Module]:
+    """Per-layer reuse factors (and, with `budget_precisions`, widths checked against the
+    float `reference` on the calibration data: `min_sqnr_db`) meeting `options["budget"]`
+    (the search's `KilnError` when none does), the report's `budget` entry and the module to
+    build."""
     from kiln.targets.cost.budget import search
+    from kiln.targets.cost.budget_precision import PrecisionGuard, samples_of
 
     budget = dict(options["budget"])
-    result = search(fixed, str(options["part"]), budget,
+    widths = [int(w) for w in options.get("budget_precisions") or ()]
+    guard = None
+    if widths and reference is not None:
+        guard = PrecisionGuard(reference, samples_of(_calibration(options), 32),
+                               float(options.get("min_sqnr_db") or 30.0))
+    result = search(fixed, str(options["part"]), budget, precisions=widths, guard=guard,
                     clock_mhz=float(options["clock_mhz"]), io=options["io"])
     chosen = {k: v for k, v in result.reuse_factor.items() if v != 1}
-    logger.info("fpga: budget %s met with reuse factors %s", budget, chosen or 1)
-    return chosen, {"requested": budget, "chosen_reuse_factor": dict(result.reuse_factor),
-                    "pareto": result.pareto}
+    logger.info("fpga: budget %s met with reuse factors %s, widths %s", budget, chosen or 1,
+                result.bits or "unchanged")
+    entry = {"requested": budget, "chosen_reuse_factor": dict(result.reuse_factor),
+             "chosen_bits": dict(result.bits), "pareto": result.pareto,
+             **({"min_sqnr_db": guard.min_sqnr_db} if guard is not None else {})}
+    return chosen, entry, result.module or fixed
 
 
 def build(module: Module, options: Mapping[str, Any]) -> FpgaArtifact:
@@ -259,9 +350,11 @@ def build(module: Module, options: Mapping[str, Any]) -> FpgaArtifact:
     fixed = to_fixed(module, options)
     rf, budget = reuse_option(options["reuse_factor"]), None
     if options.get("budget") is not None:
-        rf, budget = budget_search(fixed, options)
+        float_ir = module if quantized_already(module) is None else None
+        rf, budget, fixed = budget_search(fixed, options, float_ir)
     hls = HlsOptions(rf, str(options["io"]), str(options["part"]), float(options["clock_mhz"]))
     hls.check()
+    check_fit(fixed, options, rf)  # before any C++ is generated or compiled (fpga_fit.py)
     art = build_hls(fixed, options, hls)
     art.budget = budget
     return art
@@ -274,5 +367,7 @@ TARGET = Target(
     build=build,
     options={"part": "xczu9eg", "clock_mhz": 200.0, "io": "parallel", "reuse_factor": 1,
              "precision": None, "calibration_data": None, "budget": None,
-             "example_inputs": None, "cache_dir": None, "cxx": "g++"},
+             "example_inputs": None, "cache_dir": None, "cxx": "g++", "sanitize": False,
+             "fit": "auto", "activations": "lut", "table_size": 1024, "table_range": None,
+             "budget_precisions": None, "min_sqnr_db": 30.0},
 )

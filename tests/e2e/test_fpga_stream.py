@@ -6,9 +6,9 @@ the dataflow design, and its output raws and `art(x)` (host dequantization and f
 included) must equal kiln's interpreter on the fixed-point IR exactly (tolerance 0). Two
 models are also built with io="parallel": the two architectures give the same bits and write
 the same Vitis scripts. resnet8 also runs as a concurrent dataflow (a thread per stage, FIFOs
-bounded at the depths the stream estimator sized): it must not deadlock. (mobilenet_v2ish is
-refused by the HLS lowering in both architectures: hardswish / hardsigmoid have no HLS layer;
-refusals are tested in tests/unit/test_hls_stream.py.)
+bounded at the depths the stream estimator sized): it must not deadlock. (mobilenet_v2ish,
+with its hardswish / hardsigmoid / squeeze-excitation layers, is checked in both architectures
+by tests/e2e/test_fpga_activations.py; refusals are tested in tests/unit/test_hls_stream.py.)
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ NOT_GENERATED_FAMILIES = {
     "kiln.ir.ops.quant", "kiln.ir.ops.qnn", "kiln.ir.ops.qnn_pool",  # integer, bit-exact paths
     "kiln.ir.ops.fused",  # made by `fuse`
     "kiln.ir.ops.layout",  # NHWC twins, made by `layout`
+    "kiln.ir.ops.lut",  # fixed-point FPGA activations, made by `fixed-activations`
 }
 """Op families the generator leaves out on purpose (its float graphs never need them); any
 other op a new family or file registers must get a generator."""

@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from kiln.codegen.hls.emit_activations import (
+    activation_expr,
+    emit_tables,
+    error_text,
+    softmax_args,
+)
 from kiln.codegen.hls.layers import HlsLayer, HlsTensor
+from kiln.codegen.names import comment
 from kiln.codegen.writer import CodeWriter
 from kiln.ir import fixed_arith
 from kiln.ir.types import FixedType
@@ -43,7 +50,12 @@ def _array_lines(ctype: str, name: str, values: np.ndarray, per_line: int = 16) 
 
 
 def emit_weights(w: CodeWriter, layer: HlsLayer) -> None:
-    """The layer's weights: CSR over the non-zero weights for dense layers, dense otherwise."""
+    """The layer's weights: CSR over the non-zero weights for dense layers, dense otherwise;
+    an activation layer's tables with their stated error."""
+    error = layer.table_error
+    if error is not None:
+        emit_tables(w, layer.name, layer.op.kind, layer.inputs[0].dtype, error)
+        return
     if layer.weight is None or layer.weight_type is None:
         return
     wtype = c_int(layer.weight_type)
@@ -80,8 +92,10 @@ def signature(layer: HlsLayer) -> str:
 
 def emit_layer(w: CodeWriter, layer: HlsLayer, flavor: str = "fpga") -> None:
     """The layer's function (module docstring)."""
-    w.line(f"// {layer.kind} {layer.output.dtype} <- {layer.source}"
+    w.line(f"// {layer.kind} {layer.output.dtype} <- {comment(layer.source)}"
            + (f" (reuse factor {layer.reuse_factor})" if layer.weight is not None else ""))
+    if layer.table_error:
+        w.line(f"// max |error| vs float over the input range: {error_text(layer.table_error)}")
     with w.block(signature(layer)):
         if flavor == "fpga":
             w.raw("#pragma HLS INLINE off")
@@ -108,6 +122,17 @@ def _call(layer: HlsLayer) -> str:
     if layer.kind in ("relu", "clamp"):
         lo, hi = _clamp_bounds(layer)
         return f"kiln::clamp<{layer.output.size}>(in0, out, {lo}, {hi})"
+    if layer.kind == "mul":
+        n, nb = layer.output.size, layer.inputs[1].size
+        return f"kiln::multiply<{n}, {nb}, {n // nb}>(in0, in1, out)"
+    if layer.kind == "activation":
+        expr = activation_expr(layer.name, layer.op.kind, layer.inputs[0].dtype, "in0[i]")
+        return f"for (int i = 0; i < {layer.output.size}; i++) out[i] = {expr}"
+    if layer.kind == "softmax":
+        row = layer.output.shape[-1] if layer.output.shape else 1
+        args = softmax_args(layer.name, layer.op.kind, layer.inputs[0].dtype,
+                            layer.output.size // row, row)
+        return f"kiln::lut_softmax<{args}>(in0, out, {layer.name}_exp, {layer.name}_inv)"
     if layer.kind in BINARY:
         a, b = (t.dtype for t in layer.inputs)
         r = layer.output.dtype

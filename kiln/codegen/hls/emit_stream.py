@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kiln.codegen.hls.emit_activations import activation_expr, softmax_args
 from kiln.codegen.hls.emit_layers import (
     BINARY,
     ROUNDING,
@@ -73,6 +74,9 @@ def _epilogue(w: CodeWriter, stage: Stage) -> str:
 
 
 def _elementwise(layer: HlsLayer) -> str:
+    if layer.kind == "activation":
+        expr = activation_expr(layer.name, layer.op.kind, layer.inputs[0].dtype, "v")
+        return f"v = {expr};  // {getattr(layer.op.kind, 'function', '')} {comment(layer.source)}"
     if layer.kind == "requantize":
         src, dst = layer.inputs[0].dtype, layer.output.dtype
         return (f"v = kiln::requantize<{src.frac_bits}, {dst.width}, {dst.frac_bits}, "
@@ -168,6 +172,15 @@ def _call(stage: Stage, epi: str) -> str:
         return (f"kiln::dense_stream<{', '.join(map(str, dims))}, {has_bias}, "
                 f"{c_int(layer.weight_type)}, {btype}, {epi}, {layer.reuse_factor}>(in0, out, "
                 f"{layer.name}_row_ptr, {layer.name}_col, {layer.name}_w, {bias})")
+    if layer.kind == "mul":
+        per_beat = str(stage.in_layouts[1] == stage.in_layouts[0]).lower()
+        return (f"kiln::multiply_stream<{stage.out_layout.beats}, {stage.out_layout.lanes}, "
+                f"{per_beat}, {epi}>(in0, in1, out)")
+    if layer.kind == "softmax":
+        args = softmax_args(layer.name, layer.op.kind, layer.inputs[0].dtype, 1,
+                            layer.output.size)
+        return (f"kiln::softmax_stream<{args}, {epi}>(in0, out, {layer.name}_exp, "
+                f"{layer.name}_inv)")
     if layer.kind.startswith("conv"):
         return _conv(stage, layer, epi, window_rows(layer))
     if "pool" in layer.kind:

@@ -33,7 +33,7 @@ from kiln.errors import KilnError
 from kiln.ir.types import FixedType
 
 PORT = re.compile(r"(in|out)[0-9]+")
-ELEMENTWISE = ("requantize", "relu", "clamp")
+ELEMENTWISE = ("requantize", "relu", "clamp", "activation")
 BINARY_KINDS = ("add", "sub", "maximum", "minimum")
 WINDOWED = ("conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d")
 
@@ -175,6 +175,14 @@ class _Planner:
             if layouts[0] != natural_layout(inputs[0]) or len(inputs[0].shape) < 2:
                 raise _error(layer, f"{layer.kind} needs a (C, H, W) or (C, L) stream input")
             return natural_layout(layer.output)
+        if layer.kind == "softmax":  # one row per beat: a vector (lut_softmax, last axis)
+            if len(inputs[0].shape) != 1:
+                raise _error(layer, "softmax on a tensor of rank > 1 has no stream template")
+            return layouts[0]
+        if layer.kind == "mul":  # a per-channel scale streams as one beat of C lanes
+            if layouts[1] not in (layouts[0], Layout(1, layouts[0].lanes)):
+                raise _error(layer, f"mul operands stream as {layouts[0]} and {layouts[1]}")
+            return layouts[0]
         if layer.kind in BINARY_KINDS and layouts[0] != layouts[1]:
             raise _error(layer, f"operands stream as {layouts[0]} and {layouts[1]}: the "
                          "pixel layouts differ", "reshape both operands the same way")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from kiln.errors import Diagnostic, KilnError
 from kiln.ir.analysis import layer_output as output_of
 from kiln.ir.graph import Module, Op, Value
 from kiln.ir.ops.core import Weight
+from kiln.ir.ops.lut import LutSoftmax, softmax_errors, table_error
 from kiln.ir.types import FixedType
 
 ReuseFactor = int | Mapping[str, int]
@@ -42,9 +45,11 @@ POOL_OPS = {"kiln.max_pool1d": "max_pool1d", "kiln.max_pool2d": "max_pool2d",
             "kiln.adaptive_avg_pool1d": "avg_pool1d", "kiln.adaptive_avg_pool2d": "avg_pool2d"}
 SIMPLE_OPS = {"kiln.requantize": "requantize", "kiln.relu": "relu", "kiln.relu6": "clamp",
               "kiln.clamp": "clamp", "kiln.add": "add", "kiln.sub": "sub",
-              "kiln.maximum": "maximum", "kiln.minimum": "minimum",
+              "kiln.maximum": "maximum", "kiln.minimum": "minimum", "kiln.mul": "mul",
               "kiln.reshape": "flatten", "kiln.flatten": "flatten"}
-KINDS = {**DOT_OPS, **POOL_OPS, **SIMPLE_OPS}
+ACTIVATION_OPS = {"kiln.fixed_activation": "activation", "kiln.lut_softmax": "softmax"}
+"""Lookup-table and hard activations (`kiln.ir.ops.lut`, made by the `fixed-activations` pass)."""
+KINDS = {**DOT_OPS, **POOL_OPS, **SIMPLE_OPS, **ACTIVATION_OPS}
 """IR op name → HLS layer kind (the templates in `include/kiln_layers.h`)."""
 SUPPORTED_ROUNDING = ("trn", "trn_zero", "rnd", "rnd_zero", "rnd_min_inf", "rnd_inf", "rnd_conv")
 SUPPORTED_SATURATION = ("wrap", "sat", "sat_zero", "sat_sym")
@@ -93,6 +98,22 @@ class HlsLayer:
             return 0
         per_channel = self.output.size // max(self.output.shape[0], 1)
         return self.nonzero_weights * (1 if self.kind == "dense" else per_channel)
+
+    @property
+    def table_error(self) -> dict[str, float] | None:
+        """An activation layer's max |error| vs float math over its input type's range
+        (`kiln.ir.ops.lut`); None for other layers."""
+        if self.kind not in ACTIVATION_OPS.values():
+            return None
+        return dict(_errors(self.op.kind, self.inputs[0].dtype))
+
+
+@lru_cache(maxsize=256)
+def _errors(kind: Any, t: FixedType) -> tuple[tuple[str, float], ...]:
+    if isinstance(kind, LutSoftmax):
+        return tuple(softmax_errors(t, kind).items())
+    error = table_error(kind.function, t, kind.to, kind.table_size, kind.range)
+    return (("max_abs_error", error),)
 
 
 @dataclass
@@ -153,6 +174,46 @@ class _Lowering:
             self.problem(op, f"{dtype}: rounding/saturation mode has no HLS implementation",
                          f"use saturation in {', '.join(SUPPORTED_SATURATION)}")
 
+    def layer_shapes(self, op: Op, kind: str, operands: tuple[Value, ...] | list[Value]) -> bool:
+        """The templates' operand rules: every layer reads computed tensors (a model input or
+        a layer's output, not a constant); `dense` reads a flat [1, NI] input; elementwise
+        layers read operands of the result's shape (no broadcasting)."""
+        if kind not in ("add", "sub", "maximum", "minimum") and any(
+                v not in self.tensors for v in operands):
+            self.problem(op, "a layer whose input is a constant tensor has no HLS "
+                         "implementation (layers read the model's inputs or other layers)",
+                         "fold the constant computation away, or feed it as an input")
+            return False
+        if kind == "dense" and op.operands[0].type.rank != 2:
+            self.problem(op, f"a dense layer on a rank-{op.operands[0].type.rank} input has no "
+                         "HLS implementation (the template reads one flat vector)",
+                         "flatten the input to [1, features] before the linear layer")
+            return False
+        if kind == "mul":
+            return self.mul_shapes(op, operands)
+        if kind in ("add", "sub", "maximum", "minimum") and any(
+                v.type.shape != op.results[0].type.shape or v not in self.tensors
+                for v in operands):
+            self.problem(op, "an elementwise layer with a constant or broadcast operand has no "
+                         "HLS implementation (both operands must be computed tensors of the "
+                         "result's shape)", "broadcast the operand in the model")
+            return False
+        return True
+
+    def mul_shapes(self, op: Op, operands: tuple[Value, ...] | list[Value]) -> bool:
+        """mul: computed operands, the second of the result's shape or a channel vector
+        [1, C, 1, ...] (a squeeze-excitation scale; `lower` puts the full operand first)."""
+        shape = op.results[0].type.shape
+        full, other = operands
+        scale = (1, shape[1], *([1] * (len(shape) - 2))) if len(shape) >= 2 else shape
+        if full.type.shape != shape or other.type.shape not in (shape, scale) or \
+                any(v not in self.tensors for v in operands):
+            self.problem(op, "a mul layer needs computed operands of the result's shape, or "
+                         "one of them a per-channel [1, C, 1, ...] scale",
+                         "broadcast the operand in the model")
+            return False
+        return True
+
     def check_pool(self, op: Op) -> None:
         """Pools: no padding and no ceil mode in the HLS templates."""
         if op.name not in POOL_OPS or "adaptive" in op.name:
@@ -177,6 +238,10 @@ class _Lowering:
         for value in op.results:
             self.check_type(op, value)
         data_operands = op.operands[:1] if kind in DOT_OPS.values() else op.operands
+        if kind == "mul" and data_operands[0].type.shape != op.results[0].type.shape:
+            data_operands = data_operands[::-1]  # the full-size operand first
+        if not self.layer_shapes(op, kind, data_operands):
+            return None
         inputs = tuple(self.tensor(v) for v in data_operands)
         out = self.tensor(op.results[0])
         self.check_pool(op)
@@ -226,22 +291,22 @@ def lower(module: Module, reuse_factor: ReuseFactor = 1, io: str = "parallel") -
     lowering = _Lowering(module, reuse_factor, io)
     func = module.main
     result = Lowered([], [], [], [])
-    hls_done = False
     for op in func.ops:
-        if op.name in ("kiln.return", "kiln.weight"):
-            continue
+        if op.name in ("kiln.return", "kiln.weight") or (
+                op.name == "kiln.constant" and _fixed(op.results[0]) is None):
+            continue  # the host tail reads float weights and constants where it needs them
         if _is_host_input(op) and _fixed(op.results[0]) is not None:
             lowering.check_type(op, op.results[0])
             result.input_ops.append(op)
             result.inputs.append(lowering.tensor(op.results[0]))
             result.input_values.append(op.results[0])
         elif all(_fixed(v) is None for v in op.results):
-            hls_done = hls_done or op.name == "kiln.dequantize"
             result.tail.append(op)
             if op.name == "kiln.dequantize":
                 result.outputs.append(lowering.tensor(op.operands[0]))
                 result.output_values.append(op.operands[0])
-        elif hls_done or any(_fixed(v) is None for v in op.operands):
+        elif any(_fixed(v) is None for v in op.operands):  # fed by float ops: an island
+            # (a layer after an early output's dequantize reads fixed values: lowered below)
             _float_islands(lowering, result.tail)
             result.tail.clear()
         else:

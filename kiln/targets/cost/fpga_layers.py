@@ -34,7 +34,10 @@ FREE_OPS = {"kiln.weight", "kiln.constant", "kiln.return", "kiln.yield", "kiln.f
             "kiln.flatten", "kiln.squeeze", "kiln.unsqueeze", "kiln.identity", "kiln.dropout",
             "kiln.cast", "kiln.slice", "kiln.split", "kiln.expand"}
 TABLE_OPS = {"kiln.softmax", "kiln.log_softmax", "kiln.sigmoid", "kiln.tanh", "kiln.exp",
-             "kiln.gelu", "kiln.layer_norm", "kiln.batch_norm", "kiln.silu", "kiln.log"}
+             "kiln.gelu", "kiln.layer_norm", "kiln.batch_norm", "kiln.silu", "kiln.log",
+             "kiln.lut_softmax"}
+TABLED_FUNCTIONS = ("sigmoid", "tanh")
+"""`kiln.fixed_activation` functions read a table (hardsigmoid/hardswish are arithmetic)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,8 @@ def simple_layer(op: Op) -> LayerShape:
     """Activations, pools, elementwise arithmetic and lookup-table ops."""
     name, out = output_of(op)
     x = op.operands[0].type if op.operands else out.type
-    kind = "table" if op.name in TABLE_OPS else "elementwise"
+    tabled = getattr(op.kind, "function", None) in TABLED_FUNCTIONS
+    kind = "table" if op.name in TABLE_OPS or tabled else "elementwise"
     window = 1
     if "pool" in op.name or op.name.startswith("kiln.reduce"):
         kind = "pool"
@@ -141,12 +145,30 @@ def simple_layer(op: Op) -> LayerShape:
                       bits, 0, out.type.numel, window=window)
 
 
+def product_layer(op: Op) -> LayerShape:
+    """A fixed-point `kiln.mul` of two activations (a squeeze-excitation scale): one
+    multiplier per output element, no weights (costed as a 1-input dense layer whose
+    multipliers a reuse factor can share)."""
+    name, out = output_of(op)
+    a, b = (bits_of(v.type) for v in op.operands)
+    n = out.type.numel
+    return LayerShape(name, op.name, "dense", 1, n, 1, n, n, max(a, b), min(a, b),
+                      bits_of(op.results[0].type), bits_of(out.type), 0, n)
+
+
+def _is_product(op: Op) -> bool:
+    return op.name == "kiln.mul" and all(isinstance(v.type.dtype, FixedType)
+                                         for v in op.operands)
+
+
 def layer_shapes(module: Module) -> list[LayerShape]:
     """Every costed layer of `module.main`, in program order."""
     layers: list[LayerShape] = []
     for op in module.main.walk():
         if op.name in DOT_OPS:
             layers.append(dot_layer(module, op))
+        elif _is_product(op):
+            layers.append(product_layer(op))
         elif op.name not in FREE_OPS and op.results:
             layers.append(simple_layer(op))
     return layers

@@ -100,7 +100,9 @@ def _simple_shape(stage: Stage, window: int = 1) -> LayerShape:
         stage.outputs[0].dtype.width
     out = stage.out_layout
     op = stage.layer.op.name if stage.layer is not None else f"kiln.{stage.kind}"
-    return LayerShape(stage.label, op, "pool" if window > 1 else "elementwise", window,
+    table = stage.layer is not None and stage.layer.kind == "softmax"  # exp + 1/x ROMs
+    return LayerShape(stage.label, op, "pool" if window > 1 else "table" if table else
+                      "elementwise", window,
                       out.lanes, out.beats, 0, 0, bits, 0, bits, bits, 0,
                       out.beats * out.lanes, window=window)
 
@@ -238,7 +240,7 @@ class _Schedule:
         times: list[int] = []
         free, issue, j = 0, -ii, 0
         for k in range(stage.in_layouts[0].beats):
-            t = max([free] + [w[k] + 1 for w in ins])
+            t = max([free] + [w[min(k, len(w) - 1)] + 1 for w in ins])  # a 1-beat scale
             reads.append(t)
             free = t + 1
             while j < len(need) and need[j] <= k + 1:  # a pipelined issue overlaps the read

@@ -134,6 +134,115 @@ void binary(const int64_t a[N], const int64_t b[N], int64_t y[N]) {
     }
 }
 
+// Exact product (fraction bits add up, as in kiln.mul); b is either of a's size (NB = N) or a
+// per-channel scale (NB = C, P = N / C positions per channel: squeeze-excitation).
+template <int N, int NB, int P>
+void multiply(const int64_t a[N], const int64_t b[NB], int64_t y[N]) {
+    for (int i = 0; i < N; i++) y[i] = a[i] * b[i / P];
+}
+
+// -- activations (kiln.ir.ops.lut: the same tables and integer steps, bit for bit) ----------
+// Table index of a raw: clamp(floor(raw * 2^SHIFT) + N/2, 0, N-1) (N a power of two).
+template <int N, int SHIFT>
+inline int lut_index(int64_t raw) {
+    int64_t v = raw;
+    if (SHIFT > 0) {
+        v = v < -N ? -N : (v > N ? N : v);  // beyond +-N the index is clamped anyway
+        v = v * ((int64_t)1 << (SHIFT > 0 ? SHIFT : 0));
+    } else if (SHIFT < 0) {
+        v = v >> (SHIFT < 0 ? -SHIFT : 0);  // arithmetic shift: floor
+    }
+    v += N / 2;
+    return v < 0 ? 0 : (v >= N ? N - 1 : (int)v);
+}
+
+// hardsigmoid = clamp(x/6 + 1/2, 0, 1), the exact value rounded once (Q) into the result type.
+template <int F, int W, int FO, bool S, Rounding Q, Overflow O>
+inline int64_t hardsigmoid_raw(int64_t x) {
+    const int64_t one = 1;
+    int64_t q = divide_round<Q>((x + 3 * (one << F)) * (one << FO), 6 * (one << F));
+    q = q < 0 ? 0 : (q > (one << FO) ? (one << FO) : q);
+    return requantize<FO, W, FO, S, Q, O>(q);
+}
+
+// hardswish = x * clamp(x + 3, 0, 6) / 6, the exact value rounded once (Q) into the result.
+template <int F, int W, int FO, bool S, Rounding Q, Overflow O>
+inline int64_t hardswish_raw(int64_t x) {
+    const int64_t one = 1;
+    int64_t c = x + 3 * (one << F);
+    c = c < 0 ? 0 : (c > 6 * (one << F) ? 6 * (one << F) : c);
+    const int EXTRA = FO - 2 * F;  // the product x * c has 2F fraction bits
+    const int64_t num = x * c * (one << (EXTRA > 0 ? EXTRA : 0));
+    const int64_t den = 6 * (one << (EXTRA < 0 ? -EXTRA : 0));
+    return requantize<FO, W, FO, S, Q, O>(divide_round<Q>(num, den));
+}
+
+// kiln::requantize with the source's fraction bits known only at run time (softmax).
+template <int W, int DST_F, bool S, Rounding Q, Overflow O>
+inline int64_t requantize_dyn(int64_t raw, int src_f) {
+    const int d = src_f - DST_F;
+    wide_t v = raw;
+    if (d > 0) v = round_shift<Q>(v, d);
+    else if (d < 0) v = v * (wide_t(1) << (-d > 64 ? 64 : -d));
+    const wide_t one = 1;
+    const wide_t hi = S ? (one << (W - 1)) - 1 : (one << W) - 1;
+    const wide_t lo = S ? -(one << (W - 1)) : 0;
+    if (O == KILN_SAT_SYM && S && W > 1 && v == lo) return (int64_t)(-hi);
+    if (v >= lo && v <= hi) return (int64_t)v;
+    switch (O) {
+        case KILN_SAT: return (int64_t)(v > hi ? hi : lo);
+        case KILN_SAT_ZERO: return 0;
+        case KILN_SAT_SYM: return (int64_t)(v > hi ? hi : (S ? (W == 1 ? -1 : -hi) : lo));
+        case KILN_WRAP: break;
+    }
+    const wide_t mask = (one << W) - 1;
+    wide_t low = v & mask;
+    if (S && (low >> (W - 1)) != 0) low -= one << W;
+    return (int64_t)low;
+}
+
+// Softmax of one row of K raws (hls4ml's stable softmax): d = max - x reads the exp table
+// (T entries, index min(floor(d * 2^SHIFT), T-1)), the exact sum S = m * 2^p is normalized
+// like a float and 1/m read from the inverse table (2^MBITS entries over [1, 2)); each
+// e * inv has TB-1+p fraction bits and is requantized into the result type.
+template <int K, int T, int SHIFT, int MBITS, int TB, int W, int FO, bool S, Rounding Q,
+          Overflow O, typename ET, typename IT>
+void softmax_row(const int64_t x[K], int64_t y[K], const ET exp_table[T],
+                 const IT inv_table[1 << MBITS]) {
+    int64_t m = x[0];
+    for (int k = 1; k < K; k++) m = x[k] > m ? x[k] : m;
+    int64_t e[K];
+    int64_t total = 0;
+    const int64_t cap = (int64_t)T << (SHIFT < 0 ? -SHIFT : 0);
+Exp:
+    for (int k = 0; k < K; k++) {
+        int64_t d = m - x[k];
+        d = d < cap ? d : cap;
+        const int up = SHIFT > 0 ? SHIFT : 0, down = SHIFT < 0 ? -SHIFT : 0;
+        d = SHIFT >= 0 ? d * ((int64_t)1 << up) : d >> down;
+        e[k] = exp_table[d < T - 1 ? d : T - 1];
+        total += e[k];
+    }
+    int p = 0;  // the leading one's position (a priority encoder in hardware; total > 0)
+LeadingOne:
+    for (int b = 1; b < 63; b++) p = (total >> b) != 0 ? b : p;
+    const int64_t rem = total - ((int64_t)1 << p);
+    const int64_t j = p >= MBITS ? rem >> (p - MBITS) : rem * ((int64_t)1 << (MBITS - p));
+    const int64_t inv = inv_table[j];
+Normalize:
+    for (int k = 0; k < K; k++) y[k] = requantize_dyn<W, FO, S, Q, O>(e[k] * inv, p + TB - 1);
+}
+
+template <int ROWS, int K, int T, int SHIFT, int MBITS, int TB, int W, int FO, bool S,
+          Rounding Q, Overflow O, typename ET, typename IT>
+void lut_softmax(const int64_t x[ROWS * K], int64_t y[ROWS * K], const ET exp_table[T],
+                 const IT inv_table[1 << MBITS]) {
+    for (int r = 0; r < ROWS; r++) {
+        softmax_row<K, T, SHIFT, MBITS, TB, W, FO, S, Q, O, ET, IT>(x + r * K, y + r * K,
+                                                                      exp_table, inv_table);
+    }
+}
+
 }  // namespace kiln
 
 #endif  // KILN_LAYERS_H

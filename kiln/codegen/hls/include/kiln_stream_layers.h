@@ -250,6 +250,36 @@ Pixels:
     }
 }
 
+// Exact product of two streams; with PER_BEAT false, b is one beat (a per-channel scale,
+// squeeze-excitation) read before the first beat of a and applied to every beat.
+template <int P, int C, bool PER_BEAT, typename EPI>
+void multiply_stream(hls::stream<pixel<C> >& a, hls::stream<pixel<C> >& b,
+                     hls::stream<pixel<C> >& out) {
+    pixel<C> z = b.read();
+Pixels:
+    for (int p = 0; p < P; p++) {
+#pragma HLS PIPELINE II = 1
+        const pixel<C> x = a.read();
+        if (PER_BEAT && p > 0) z = b.read();
+        pixel<C> y;
+        for (int c = 0; c < C; c++) y.v[c] = EPI::apply(x.v[c] * z.v[c]);
+        out.write(y);
+    }
+}
+
+// Softmax of a vector (one beat of K lanes): kiln::softmax_row, then the stage's epilogue.
+template <int ROWS, int K, int T, int SHIFT, int MBITS, int TB, int W, int FO, bool S,
+          Rounding Q, Overflow O, typename ET, typename IT, typename EPI>
+void softmax_stream(hls::stream<pixel<K> >& in, hls::stream<pixel<K> >& out,
+                    const ET exp_table[T], const IT inv_table[1 << MBITS]) {
+    const pixel<K> x = in.read();
+    int64_t y[K];
+    softmax_row<K, T, SHIFT, MBITS, TB, W, FO, S, Q, O, ET, IT>(x.v, y, exp_table, inv_table);
+    pixel<K> z;
+    for (int k = 0; k < K; k++) z.v[k] = EPI::apply(y[k]);
+    out.write(z);
+}
+
 // Fork: a tensor with two consumers is copied to two streams beat by beat.
 template <int P, int C>
 void duplicate(hls::stream<pixel<C> >& in, hls::stream<pixel<C> >& a,
