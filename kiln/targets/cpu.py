@@ -17,6 +17,12 @@ concurrent calls on one artifact safe (they share the arena).
 (`codegen/c/emit_qnn.py`), bit-exact with `kiln.interpret` on `art.ir`; their integer weights are
 compiled into the library (the weights blob holds float32 only).
 
+`sparse="auto"` (the default) runs the `sparsify` pass before fusion, so weights that are
+already mostly zero (pruned in PyTorch, or by a `prune` pass) get a csr encoding, and compiles
+every encoded linear/conv layer with a sparse kernel where the cost rule of
+`codegen/c/emit_sparse.py` says it is faster than the dense one (`report()["kernels"]` says
+which, per layer); `sparse="off"` compiles every layer densely.
+
 With `sanitize=True` the model is built as the example program with AddressSanitizer and
 UBSan and every call runs it as a subprocess (a sanitized library cannot be loaded into
 Python without preloading the sanitizer runtime); any sanitizer report is a `KilnError`.
@@ -49,7 +55,7 @@ from kiln.targets.toolchains import gcc
 
 OPTIONS: dict[str, Any] = {"threads": 1, "march": "native", "cache_dir": None,
                            "sanitize": False, "const_weights": None, "cc": "gcc",
-                           "quantize": None}
+                           "quantize": None, "max_arena_bytes": None, "sparse": "auto"}
 STAGING_BYTES = 64 * 1024
 """Tensors up to this size are copied through preallocated buffers (cheaper than asking NumPy
 for a fresh pointer on every call); larger ones are passed in place."""
@@ -65,6 +71,12 @@ class CpuOptions:
     sanitize: bool
     const_weights: bool | None
     cc: str
+    max_arena_bytes: int | None = None
+    """The most activation memory (one arena, `report()["arena_bytes"]`) a model may plan;
+    a larger plan is a `KilnError` before any compiler runs. None: no limit."""
+    sparse: str = "auto"
+    """`auto`: sparse kernels for encoded weights where faster; `off`: dense kernels only;
+    `always`: sparse kernels regardless of the cost rule (benchmarks, tests)."""
 
     @staticmethod
     def of(options: Mapping[str, Any]) -> CpuOptions:
@@ -78,9 +90,18 @@ class CpuOptions:
         if not march.replace("-", "").replace("_", "").isalnum():
             raise KilnError(f"march={march!r} is not a -march value")
         cache_dir = options.get("cache_dir")
+        limit = options.get("max_arena_bytes")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 0):
+            raise KilnError(f"max_arena_bytes must be a non-negative integer or None, got "
+                            f"{limit!r}")
+        sparse = options.get("sparse", "auto")
+        if sparse not in ("auto", "off", "always"):
+            raise KilnError(f"sparse={sparse!r} is not a cpu target option value",
+                            hint='use sparse="auto" (sparse kernels where faster) or "off"')
         return CpuOptions(threads, march, None if cache_dir is None else str(cache_dir),
                           bool(options.get("sanitize", False)), options.get("const_weights"),
-                          str(options.get("cc", "gcc")))
+                          str(options.get("cc", "gcc")), limit, sparse)
 
 
 def _aligned(data: bytes | int) -> np.ndarray:
@@ -290,7 +311,7 @@ def _runtime(cache: BuildCache, program: CProgram, toolchain: gcc.Toolchain,
             (work / name).write_text(text)
         gcc.compile_objects(toolchain, work, sources, flags)
 
-    entry = cache.lookup(key) or cache.store(key, build_runtime)
+    entry = cache.get(key, build_runtime, [Path(s).stem + ".o" for s in sources])
     return [entry / (Path(s).stem + ".o") for s in sources]
 
 
@@ -314,7 +335,8 @@ def build(module: Module, options: Mapping[str, Any]) -> CpuArtifact:
     check_supported(module)  # every op without a kernel, named, before any tool runs
     toolchain = gcc.find(opts.cc)
     width = gcc.vector_width(toolchain, opts.march)
-    program = lower(module, COptions(width, opts.threads, opts.const_weights))
+    program = lower(module, COptions(width, opts.threads, opts.const_weights, opts.sparse))
+    _check_arena(program, opts.max_arena_bytes)
     flags = gcc.flags(opts.march, opts.threads, opts.sanitize)
     cache = BuildCache(opts.cache_dir)
     kind = "example" if opts.sanitize else "shared"
@@ -327,9 +349,26 @@ def build(module: Module, options: Mapping[str, Any]) -> CpuArtifact:
     if entry is None:
         runtime = None if opts.sanitize else _runtime(cache, program, toolchain, flags)
         entry = cache.store(key, lambda work: _build_into(work, program, toolchain, flags,
-                                                          runtime))
+                                                          runtime), [_output_name(opts)])
     return CpuArtifact(module, program, entry, opts, toolchain, flags, hit,
                        time.perf_counter() - start)
+
+
+def _output_name(opts: CpuOptions) -> str:
+    """The file a model build must produce (the cache refuses an entry without it)."""
+    return "example" if opts.sanitize else "libmodel.so"
+
+
+def _check_arena(program: CProgram, limit: int | None) -> None:
+    """The `max_arena_bytes` option: refuse a memory plan above the limit, before gcc."""
+    if limit is None or program.arena_bytes <= limit:
+        return
+    raise KilnError(f"model '{program.prefix}' needs an activation arena of "
+                    f"{program.arena_bytes:,} bytes, over max_arena_bytes={limit:,} "
+                    f"(by {program.arena_bytes - limit:,} bytes, "
+                    f"{program.arena_bytes / max(limit, 1):.1f}x)",
+                    hint="raise max_arena_bytes, compile with smaller example inputs (batch "
+                         "size) or a smaller model; report()['arena_bytes'] shows the plan")
 
 
 INT8_PIPELINE = "canonicalize,fold-batchnorm,fold-constants,cse,quantize,fuse,cse,dce"
@@ -338,8 +377,15 @@ INT8_PIPELINE = "canonicalize,fold-batchnorm,fold-constants,cse,quantize,fuse,cs
 compiles an int8 model too."""
 
 
+SPARSE_PIPELINE = "canonicalize,fold-batchnorm,fold-constants,cse,sparsify,fuse,cse,dce"
+"""The pipeline of `sparse="auto"`: the default one with `sparsify` (csr, at least half zeros)
+before fusion, which hides layers inside fused groups from it."""
+
+
 def _pipeline(options: Mapping[str, Any]) -> str:
-    return INT8_PIPELINE if options.get("quantize") == "int8" else "cpu"
+    if options.get("quantize") == "int8":
+        return INT8_PIPELINE
+    return "cpu" if options.get("sparse", "auto") == "off" else SPARSE_PIPELINE
 
 
 def clear_cache(cache_dir: str | Path | None = None) -> None:

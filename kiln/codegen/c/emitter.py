@@ -43,9 +43,9 @@ from kiln.codegen.writer import CodeWriter
 from kiln.ir.graph import Func, Module, Op, Value
 
 RUNTIME_HEADERS = ("kiln_runtime.h", "kiln_vec.h", "kiln_math.h", "kiln_gemm.h", "kiln_conv.h",
-                   "kiln_pool.h", "kiln_norm.h", "kiln_qgemm.h")
+                   "kiln_pool.h", "kiln_norm.h", "kiln_qgemm.h", "kiln_sparse.h")
 RUNTIME_SOURCES = ("kiln_gemm.c", "kiln_conv.c", "kiln_pool.c", "kiln_norm.c", "kiln_qgemm.c",
-                   "kiln_runtime.c")
+                   "kiln_sparse.c", "kiln_runtime.c")
 """The runtime's compiled part: built once per machine and flags, linked with every model."""
 CFLAGS = ("-std=c99", "-O3", "-ffp-contract=fast", "-fno-math-errno")
 """Flags the generated code is written for (plus `-march=...`; `-fopenmp` with threads)."""

@@ -390,6 +390,11 @@ class MatMulAnchor(Anchor):
 
 def anchor_class(op: Op) -> type[Anchor] | None:
     """Which anchor computes `op` (None: not a GEMM-like op)."""
+    from kiln.codegen.c.emit_sparse import sparse_anchor  # sparse weights (they import us)
+
+    sparse = sparse_anchor(op)
+    if sparse is not None:
+        return sparse
     kind = op.kind
     if isinstance(kind, (Conv1d, Conv2d)):
         groups = kind.groups

@@ -29,7 +29,7 @@ from kiln.codegen.c.emit_shape import emit_concat, emit_pad, emit_slice, emit_sp
 from kiln.codegen.c.expr import _FIXED, _PARAMETRIC
 from kiln.errors import Diagnostic, UnsupportedOpError
 from kiln.ir.graph import Module, Op
-from kiln.ir.ops import layout
+from kiln.ir.ops import layout, lut
 from kiln.ir.ops.base import OpDef, all_ops
 from kiln.ir.ops.core import Cast, Constant, Return, Weight, Yield
 from kiln.ir.ops.fused import Fused
@@ -84,14 +84,16 @@ STRUCTURAL: tuple[type[OpDef], ...] = (Weight, Constant, Return, Yield)
 _NHWC = ("the cpu target computes convolutions and pools in NCHW; leave the layout pass out "
          "of the pipeline (or run layout{to=nchw})")
 _INT8 = ("this int8 op has no kernel for the cpu target yet (quantize, dequantize, qconv1d/2d, "
-         "qlinear, qadd, qrescale, qreduce_mean and int8 max pooling do); sparse kernels are "
-         "not written yet")
+         "qlinear, qadd, qrescale, qreduce_mean and int8 max pooling do)")
 INT8_FAMILIES = ("kiln.ir.ops.quant", "kiln.ir.ops.qnn", "kiln.ir.ops.qnn_pool",
                  "kiln.ir.ops.sparse")
 """Op families (modules) of quantized and sparse ops: refused until their kernels exist."""
 REJECTED: dict[type[OpDef], str] = {
     layout.Conv2dNhwc: _NHWC, layout.MaxPool2dNhwc: _NHWC, layout.AvgPool2dNhwc: _NHWC,
     layout.AdaptiveAvgPool2dNhwc: _NHWC,
+    **{cls: "a fixed-point FPGA activation (kiln.ir.ops.lut): compile for target='fpga', or "
+            "leave the fixed-activations pass out" for cls in (lut.FixedActivation,
+                                                               lut.LutSoftmax)},
     **{cls: _INT8 for cls in all_ops().values()
        if cls.__module__ in INT8_FAMILIES and cls not in QNN_KERNELS},
 }
@@ -123,7 +125,9 @@ def _diagnose(op: Op) -> Diagnostic | None:
     for value in (*op.operands, *op.results):
         if quant_view and is_int8(value):
             continue
-        if value.type.dtype != F32 or value.type.encoding is not None:
+        # A sparse encoding is metadata over dense data: any kernel may read it densely,
+        # and linear/conv pick sparse kernels by cost (emit_sparse.py).
+        if value.type.dtype != F32:
             return op.diagnostic(f"works on {value.type}; the cpu target computes float32 "
                                  "tensors only", hint=_INT8)
     return None

@@ -19,13 +19,17 @@ class COptions:
 
     `vector_width`: float lanes of the target's widest vector (16 AVX-512, 8 AVX2, 4 SSE/NEON),
     which sets the GEMM tile and hence the weight packing. `threads > 1` adds OpenMP pragmas
-    over the GEMM blocks. `const_weights`: True compiles weights in, False reads them from the
-    blob `weights.bin`, None decides by size (`CONST_WEIGHTS_LIMIT`).
+    over the GEMM blocks (`sparse`: see the field). `const_weights`: True compiles weights in,
+    False reads them from the blob `weights.bin`, None decides by size (`CONST_WEIGHTS_LIMIT`).
     """
 
     vector_width: int = 16
     threads: int = 1
     const_weights: bool | None = None
+    sparse: str = "auto"
+    """`auto`: weights with a sparse encoding run sparse kernels where the cost rule says they
+    are faster (`emit_sparse.choose`); `off`: always the dense kernels; `always`: sparse
+    kernels wherever the encoding allows (benchmarks and tests)."""
 
     @property
     def mr(self) -> int:

@@ -21,6 +21,7 @@
 #include "kiln_pool.h"
 #include "kiln_norm.h"
 #include "kiln_qgemm.h"
+#include "kiln_sparse.h"
 
 /* sum_i word_i * (2i + 1) mod 2^64 over the little-endian 64-bit words of a weights payload:
  * how `<model>_init` checks that a blob is the one its model was built with (kiln's Python
