@@ -174,10 +174,20 @@ class _Lowering:
             self.problem(op, f"{dtype}: rounding/saturation mode has no HLS implementation",
                          f"use saturation in {', '.join(SUPPORTED_SATURATION)}")
 
+    def downstream_of_problem(self, value: Value) -> bool:
+        """`value` was computed by an op that got no HLS tensor (one already reported, or
+        fed by one) rather than being a constant or weight."""
+        producer = value.producer
+        return (value not in self.tensors and producer is not None
+                and producer.name not in ("kiln.constant", "kiln.weight")
+                and bool(producer.operands))
+
     def layer_shapes(self, op: Op, kind: str, operands: tuple[Value, ...] | list[Value]) -> bool:
         """The templates' operand rules: every layer reads computed tensors (a model input or
         a layer's output, not a constant); `dense` reads a flat [1, NI] input; elementwise
         layers read operands of the result's shape (no broadcasting)."""
+        if self.problems and any(self.downstream_of_problem(v) for v in operands):
+            return False  # fed by an op already reported: one diagnostic per cause
         if kind not in ("add", "sub", "maximum", "minimum") and any(
                 v not in self.tensors for v in operands):
             self.problem(op, "a layer whose input is a constant tensor has no HLS "
