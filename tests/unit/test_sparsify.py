@@ -181,3 +181,19 @@ def test_layers_accept_encoded_operands(rng: np.random.Generator) -> None:
     assert y.type == TensorType((1, 8, 5, 5))
     b.ret(y)
     assert str(parse(str(module), weights=module.weights)) == str(module)
+
+
+def test_enforced_sparsity_qualifies_despite_rounding() -> None:
+    """0.9 · 256² = 58982.4 rounds to 58982 zeros (a fraction of 0.899994): `enforce` makes
+    exactly that many, so the weight must still qualify for min-sparsity 0.9 (it stayed dense)."""
+
+    from kiln.ir.types import SparseEncoding
+
+    rng = np.random.default_rng(20261128)
+    w = rng.standard_normal((256, 256)).astype(np.float32) + 3.0  # no zeros to begin with
+    pruned = sparse.enforce(w, SparseEncoding("csr", ()), 0.9)
+    assert np.count_nonzero(pruned == 0) == 58982
+    assert sparse.satisfies(pruned, SparseEncoding("csr", ()), 0.9)
+    assert not sparse.satisfies(w, SparseEncoding("csr", ()), 0.9)
+    blocks = sparse.enforce(w, SparseEncoding("block", (4, 4)), 0.9)  # 4096 blocks → 3686
+    assert sparse.satisfies(blocks, SparseEncoding("block", (4, 4)), 0.9)
