@@ -335,7 +335,8 @@ def build(module: Module, options: Mapping[str, Any]) -> CpuArtifact:
     check_supported(module)  # every op without a kernel, named, before any tool runs
     toolchain = gcc.find(opts.cc)
     width = gcc.vector_width(toolchain, opts.march)
-    program = lower(module, COptions(width, opts.threads, opts.const_weights, opts.sparse))
+    program = lower(module, COptions(width, opts.threads, opts.const_weights, opts.sparse,
+                                     opts.march))
     _check_arena(program, opts.max_arena_bytes)
     flags = gcc.flags(opts.march, opts.threads, opts.sanitize)
     cache = BuildCache(opts.cache_dir)

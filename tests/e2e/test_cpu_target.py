@@ -247,3 +247,11 @@ def test_ops_without_kernels_are_named_before_gcc(monkeypatch: pytest.MonkeyPatc
         cpu.build(module, {})
     text = str(info.value)
     assert "net.py:12" in text and "kiln.quantize" in text and "int8" in text
+
+
+def test_export_makefile_uses_the_march_option() -> None:
+    """The exported Makefile builds for the `march` the artifact was compiled with."""
+    module = kiln.trace(get_model("jet_mlp"), example_inputs("jet_mlp"))
+    for march in ("native", "x86-64-v3"):
+        makefile = lower(module, COptions(vector_width=8, march=march)).sources["Makefile"]
+        assert f"-march={march} " in makefile

@@ -275,7 +275,8 @@ class _Lowering:
                    "model.h": model_h(self.module.name, self.prefix, inputs, outputs,
                                       self.plan.arena_bytes, len(self.blob())),
                    "example.c": example_c(self.module.name, self.prefix, inputs, outputs),
-                   "Makefile": makefile(self.module.name, self.options.threads),
+                   "Makefile": makefile(self.module.name, self.options.threads,
+                                        self.options.march),
                    "kiln_config.h": config_header(self.options),
                    **runtime_sources()}
         kernels = [{"name": k.name, "op": k.op.name, "kernel": k.summary,

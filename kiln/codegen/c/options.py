@@ -30,6 +30,8 @@ class COptions:
     """`auto`: weights with a sparse encoding run sparse kernels where the cost rule says they
     are faster (`emit_sparse.choose`); `off`: always the dense kernels; `always`: sparse
     kernels wherever the encoding allows (benchmarks and tests)."""
+    march: str = "native"
+    """The `-march` the exported Makefile builds with (the cpu target's `march` option)."""
 
     @property
     def mr(self) -> int:
