@@ -153,7 +153,8 @@ class FpgaArtifact:
                 _run_op(op, env, self.module)
             _parameters(terminator.operands, env, self.module)  # a weight returned as it is
             per_sample.append([env[v] for v in terminator.operands])
-        return [np.concatenate(outs, axis=0) for outs in zip(*per_sample)]
+        return [np.concatenate(outs, axis=0) if outs[0].ndim else outs[0]  # rank 0: no batch
+                for outs in zip(*per_sample)]
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         return self.tail(self.csim.run(self.raws_in(inputs)), inputs)

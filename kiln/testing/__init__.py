@@ -8,8 +8,11 @@
 - `shrink`: delta debugging of a failing module down to a small reproducer;
 - `targets`: what the pass fuzzer runs (pipelines, passes with options, combinations).
 
-Fuzzers build on these: `bench/fuzz_passes.py` and `tests/unit/test_fuzz_passes.py` for passes,
-and later ones for targets.
+Fuzzers build on these: `bench/fuzz_passes.py` and `tests/unit/test_fuzz_passes.py` for passes;
+`bench/fuzz.py` and `tests/unit/test_fuzz_targets.py` across targets (`xtarget`: cases, runners
+and tallies; `xtarget_cases` the models and the pipeline / PyTorch runners; `xtarget_cpu`,
+`xtarget_gpu`, `xtarget_hls` the batched target runners; `xtarget_shrink` reproducers;
+`torchgen` random PyTorch modules).
 """
 
 from kiln.testing.graphgen import random_inputs, random_module

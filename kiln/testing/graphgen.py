@@ -166,7 +166,9 @@ class GraphGen:
         return self.add(Clamp(min=-limit, max=limit), value)
 
 
-def _input_types(rng: np.random.Generator) -> list[TensorType]:
+def _input_types(rng: np.random.Generator, batch: int | None = None) -> list[TensorType]:
+    """One to three input types; `batch` (when given) replaces the drawn first dimension
+    (the random stream is consumed the same way, so other seeds keep their graphs)."""
     types = []
     for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
         rank = int(rng.choice([1, 2, 2, 3, 3, 3, 4, 4, 4, 4]))
@@ -175,6 +177,8 @@ def _input_types(rng: np.random.Generator) -> list[TensorType]:
                                                      for _ in range(rank - 1)))
             if np.prod(shape) <= 1024:
                 break
+        if batch is not None:
+            shape = (batch, *shape[1:])
         types.append(TensorType(shape, F32))
     return types
 
@@ -215,13 +219,15 @@ def _outputs(g: GraphGen) -> list[Value]:
     return outputs
 
 
-def random_module(seed: int, *, max_ops: int = 12, ops: Sequence[str] | None = None) -> Module:
+def random_module(seed: int, *, max_ops: int = 12, ops: Sequence[str] | None = None,
+                  batch: int | None = None, name: str | None = None) -> Module:
     """A random valid module: up to `max_ops` generated ops (plus their parameters, guards and
-    adapters), drawn from `ops` (generator names such as `conv2d`; default: all)."""
+    adapters), drawn from `ops` (generator names such as `conv2d`; default: all); `batch`
+    fixes the inputs' first dimension (1 for the HLS targets); `name` the module's name."""
     names = _select(ops)
     rng = np.random.default_rng(seed)
-    module = Module(f"fuzz{seed}")
-    types = _input_types(rng)
+    module = Module(name or f"fuzz{seed}")
+    types = _input_types(rng, batch)
     func, builder = new_function(module, "forward", types, [f"x{i}" for i in range(len(types))])
     arrays = [rng.standard_normal(t.shape).astype(np.float32) for t in types]
     g = GraphGen(rng, module, builder, func.args, arrays)

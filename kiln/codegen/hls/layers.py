@@ -312,7 +312,8 @@ def lower(module: Module, reuse_factor: ReuseFactor = 1, io: str = "parallel") -
             result.input_values.append(op.results[0])
         elif all(_fixed(v) is None for v in op.results):
             result.tail.append(op)
-            if op.name == "kiln.dequantize":
+            if op.name == "kiln.dequantize" and op.operands[0] in lowering.tensors:
+                # (a dequantized weight or constant is computed on the host, not an HLS port)
                 result.outputs.append(lowering.tensor(op.operands[0]))
                 result.output_values.append(op.operands[0])
         elif any(_fixed(v) is None for v in op.operands):  # fed by float ops: an island

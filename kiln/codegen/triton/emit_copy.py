@@ -9,6 +9,7 @@ in along the axis (concat, split). Copies move storage-type elements unconverted
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 from kiln.codegen.triton.emit_elementwise import flat_grid, flat_space
@@ -28,8 +29,20 @@ def _coord(space: Space, dim: int) -> str:
 
 
 def _offset(coords: list[str], shape: Shape) -> str:
-    return total([scaled(c, st) for c, st, size in zip(coords, strides(shape), shape)
-                  if size > 1 and c != "0"])
+    """The flat offset of `coords` in `shape`; a block even when every coordinate is 0 (a
+    scalar pointer with a block mask or value is an error in Triton)."""
+    offset = total([scaled(c, st) for c, st, size in zip(coords, strides(shape), shape)
+                    if size > 1 and c != "0"])
+    if offset == "0":
+        return "offs * 0"
+    return offset if re.search(r"[A-Za-z_]", offset) else f"{offset} + offs * 0"
+
+
+def _axis_coord(space: Space, axis: int) -> str:
+    """The coordinate along a concat/split axis, a block even on a size-1 axis (the range
+    checks on it must be blocks too)."""
+    c = _coord(space, axis)
+    return "(offs * 0)" if c == "0" else c
 
 
 def _load(kb: KernelBuilder, value: Value, offset: str, mask: str, other: str = "0.0") -> str:
@@ -94,7 +107,7 @@ def _ranges(sizes: list[int]) -> list[tuple[int, int]]:
 def _concat(kb: KernelBuilder, space: Space) -> None:
     op = kb.group.op
     axis = op.kind.axis % len(space.shape)  # type: ignore[attr-defined]
-    c = _coord(space, axis)
+    c = _axis_coord(space, axis)
     kb.line("v = tl.zeros((BLOCK,), dtype=" + kb.options.tl_dtype + ")")
     for x, (lo, hi) in zip(op.operands, _ranges([v.type.shape[axis] for v in op.operands])):
         source = [_coord(space, d) if d != axis else (f"({c} - {lo})" if lo else c)
@@ -108,7 +121,7 @@ def _concat(kb: KernelBuilder, space: Space) -> None:
 def _split(kb: KernelBuilder, space: Space) -> None:
     op = kb.group.op
     axis = op.kind.axis % len(space.shape)  # type: ignore[attr-defined]
-    c = _coord(space, axis)
+    c = _axis_coord(space, axis)
     x = op.operands[0]
     kb.line(f"v = tl.load({kb.pointer(x)} + offs, mask=mask)")
     for out, (lo, hi) in zip(op.results, _ranges([r.type.shape[axis] for r in op.results])):

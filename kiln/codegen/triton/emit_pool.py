@@ -57,6 +57,14 @@ def _position(kb: KernelBuilder, op: Op, i: int, checks: list[str]) -> str:
     q = f"q{i}" if _window(op)[i] > 1 else "0"
     dilation = getattr(op.kind, "dilation", (1,) * nd)[i]
     kb.line(f"p{i} = s{i} + {total([scaled(q, dilation)])}")
+    if q == "0" and op.results[0].type.shape[2 + i] == 1:
+        # p{i} is a Python int here: a check on it would be a bool, which Triton's
+        # interpreter rejects inside a mask; decide it now (an adaptive bin is never empty)
+        before = 0 if isinstance(op.kind, _AdaptiveAvgPool) else \
+            op.kind.padding[i]  # type: ignore[attr-defined]
+        if not 0 <= -before < size:
+            checks.append("(t < 0)")
+        return f"p{i}"
     if isinstance(op.kind, _AdaptiveAvgPool):
         checks.append(f"(p{i} < e{i})")
     else:

@@ -81,7 +81,23 @@ def _gelu(kind: OpDef, a: Sequence[str]) -> str:
     if kind.approximate == "tanh":
         inner = f"{SQRT_2_OVER_PI} * ({x} + 0.044715 * {x} * {x} * {x})"
         return f"0.5 * {x} * (1.0 + {tanh('(' + inner + ')')})"
-    return f"0.5 * {x} * (1.0 + tl.erf({x} * {SQRT_HALF}))"
+    positive = f"0.5 * {x} * (1.0 + tl.erf({x} * {SQRT_HALF}))"
+    return f"tl.where({x} < 0.0, 0.5 * {x} * {_erfc_pos(f'(-{x} * {SQRT_HALF})')}, {positive})"
+
+
+ERFC_COEFFICIENTS = (-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418,
+                     0.37409196, 1.00002368)
+
+
+def _erfc_pos(a: str) -> str:
+    """erfc(a) for a >= 0 (Numerical Recipes' erfcc, 1.2e-7 relative): gelu's negative tail,
+    where 1 + erf(x) cancels (4% off at x = -4.8 in float32); `a` is evaluated where it
+    appears, so it should be a name or a short expression."""
+    t = f"(1.0 / (1.0 + 0.5 * {a}))"
+    q = "0.17087277"
+    for c in ERFC_COEFFICIENTS:
+        q = f"({q} * {t} + {c!r})"
+    return f"({t} * tl.exp({q} * {t} - {a} * {a} - 1.26551223))"
 
 
 def _clamp(kind: OpDef, a: Sequence[str]) -> str:
@@ -114,9 +130,16 @@ def pow_expr(base: str, exponent: str) -> str:
         value = float(exponent)
     except ValueError:
         odd = f"(tl.floor({exponent}) == {exponent}) & (tl.abs({exponent}) % 2.0 == 1.0)"
-        return f"tl.where(({base} < 0.0) & {odd}, -{magnitude}, {magnitude})"
+        # nested, not `(base < 0) & odd`: a scalar base (a broadcast 1-element operand) and a
+        # block exponent make `&` fail in Triton's interpreter; a negative base with a
+        # fractional exponent is NaN (as powf and NumPy): sqrt of the negative base
+        signed = f"tl.where({odd}, -{magnitude}, {magnitude})"
+        negative = f"tl.where(tl.floor({exponent}) == {exponent}, {signed}, tl.sqrt({base}))"
+        return f"tl.where({base} < 0.0, {negative}, {magnitude})"
     if value.is_integer() and int(value) % 2 == 1:
         return f"tl.where({base} < 0.0, -{magnitude}, {magnitude})"
+    if not value.is_integer():
+        return f"tl.where({base} < 0.0, tl.sqrt({base}), {magnitude})"
     return magnitude
 
 

@@ -205,6 +205,8 @@ class ConvAnchor(Anchor):
         o_term = f"{self.names('o')[i]}{im}" if self.op.results[0].type.shape[2 + i] > 1 else ""
         k_term = f"{self.names('k')[i]}{ik}" if taps > 1 else ""
         name = self.names("i")[i]
+        if not o_term and not k_term:
+            return self._constant_position(kb, name, i, checks)
         if self.transposed:
             parts = [o_term or "0"] + ([f"+ {before}"] if before else []) + \
                 ([f"- {scaled(k_term, dilation)}"] if k_term else [])
@@ -223,6 +225,24 @@ class ConvAnchor(Anchor):
             checks.append(f"({name} < {size})")
         return name
 
+    def _constant_position(self, kb: KernelBuilder, name: str, i: int,
+                           checks: list[str]) -> str:
+        """A position that is a Python int (one output, one tap along axis i): checked now,
+        as a bool inside a mask is an error in Triton's interpreter; a position outside
+        the input masks every tap (`rk < 0`)."""
+        size, stride = self.x.type.shape[2 + i], self.kind.stride[i]
+        before = self.kind.padding[i]
+        if self.transposed:
+            valid = before % stride == 0 and 0 <= before // stride < size
+            pos = before // stride
+        else:
+            pos = -before
+            valid = 0 <= pos < size
+        kb.line(f"{name} = {pos if valid else 0}")
+        if not valid:
+            checks.append(f"(rk{self.ix[1]} < 0)")
+        return name
+
     def _a_offset(self, positions: list[str]) -> str:
         x_shape = self.x.type.shape
         st = strides(x_shape)
@@ -235,6 +255,12 @@ class ConvAnchor(Anchor):
         terms = [scaled(f"n{im}", st[0]) if x_shape[0] > 1 else "", group,
                  scaled(f"ci{ik}", st[1]) if self.cin_g > 1 else ""]
         terms += [scaled(p, st[2 + i]) for i, p in enumerate(positions) if x_shape[2 + i] > 1]
+        varying = x_shape[0] > 1 or self.spread or self.cin_g > 1 or any(
+            x_shape[2 + i] > 1 and (self.op.results[0].type.shape[2 + i] > 1
+                                    or self.w.type.shape[2 + i] > 1)
+            for i in range(len(positions)))
+        if not varying:  # a scalar pointer with a block mask is an error in Triton
+            terms.append(f"rk{ik} * 0")
         return total(terms)
 
     def _b(self) -> tuple[str, str]:

@@ -11,6 +11,7 @@ name can never become code.
 from __future__ import annotations
 
 import keyword
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -140,6 +141,8 @@ class KernelBuilder:
         offset = access.offset
         if offset == "0" and inner in self.tiles:
             offset = f"tl.zeros_like({value}).to(tl.int32)"  # a block pointer for a 1-element tile
+        elif inner in self.tiles and _scalar_offset(offset):  # e.g. only the batch index
+            offset = f"{offset} + tl.zeros_like({value}).to(tl.int32)"
         address = f"{self.pointer(outer)} + {offset}" if offset != "0" else self.pointer(outer)
         mask = access.mask()
         tail = f", mask={mask})" if mask else ")"
@@ -181,3 +184,10 @@ class KernelBuilder:
         return Kernel(self.name, self.family, out.text(), list(self.pointers), grid,
                       dict(self.meta), num_warps, comment(self.group.pattern),
                       inplace or set(), autotune, grid_dims)
+
+
+def _scalar_offset(offset: str) -> bool:
+    """Whether `offset` names no block (only literals, program ids and batch indices `b<k>`,
+    which are scalars): a scalar pointer with a block value is an error in Triton."""
+    names = re.findall(r"[A-Za-z_]\w*", offset)
+    return all(n.startswith("pid_") or re.fullmatch(r"b\d+", n) for n in names)
