@@ -51,7 +51,7 @@ UNARY: dict[type[OpDef], str] = {
     ew.Exp: "tl.exp({0})",
     ew.Log: "tl.log({0})",
     ew.Erf: "tl.erf({0})",
-    ew.Relu: "tl.maximum({0}, 0.0)",
+    ew.Relu: "tl.maximum({0}, 0.0, propagate_nan=tl.PropagateNan.ALL)",
     ew.Relu6: "tl.minimum(tl.maximum({0}, 0.0), 6.0)",
     ew.Sigmoid: "1.0 / (1.0 + tl.exp(-{0}))",
     ew.Tanh: tanh("{0}"),
@@ -64,8 +64,8 @@ BINARY: dict[type[OpDef], str] = {
     ew.Sub: "{0} - {1}",
     ew.Mul: "{0} * {1}",
     ew.Div: "{0} / {1}",
-    ew.Maximum: "tl.maximum({0}, {1})",
-    ew.Minimum: "tl.minimum({0}, {1})",
+    ew.Maximum: "tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
+    ew.Minimum: "tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
 }
 
 
@@ -111,12 +111,26 @@ def _clamp(kind: OpDef, a: Sequence[str]) -> str:
     return text
 
 
+def round_bf16(x: str) -> str:
+    """fp32 `x` rounded to bf16 precision (nearest even), kept in fp32: the bits of
+    `kiln.ir.ops.core._round_bf16`. Not `x.to(tl.bfloat16)`: Triton's interpreter truncates
+    there (1 bf16 ulp off CUDA and NumPy). Adding 0x7FFF plus the kept lsb carries into the
+    upper half exactly when the low half is over a tie (or a tie with an odd lsb); near the max
+    it carries into the exponent (inf), as CUDA does. NaN is kept as it is: the add could turn
+    a NaN with a low payload into inf (or wrap a negative one)."""
+    bits = f"{x}.to(tl.uint32, bitcast=True)"
+    rounded = f"(({bits} + (0x7FFF + (({bits} >> 16) & 1))) & 0xFFFF0000)"
+    return f"tl.where({x} != {x}, {x}, {rounded}.to(tl.float32, bitcast=True))"
+
+
 def _cast(kind: OpDef, a: Sequence[str]) -> str:
-    """Float casts round through the narrow type and come back to fp32."""
+    """Float casts round through the narrow type and come back to fp32 (bf16 explicitly: its
+    rounded value is exact in fp32, so no trip through tl.bfloat16 is needed)."""
     assert isinstance(kind, Cast)
     target = str(kind.to)
-    narrow = {"f16": "tl.float16", "bf16": "tl.bfloat16"}.get(target)
-    return f"{a[0]}.to({narrow}).to(tl.float32)" if narrow else a[0]
+    if target == "bf16":
+        return round_bf16(a[0])
+    return f"{a[0]}.to(tl.float16).to(tl.float32)" if target == "f16" else a[0]
 
 
 def pow_expr(base: str, exponent: str) -> str:
