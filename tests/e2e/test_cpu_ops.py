@@ -285,3 +285,66 @@ def test_the_arena_is_reused(plain: tuple[kiln.CompiledModel, Module]) -> None:
     program = art.artifact.program  # type: ignore[attr-defined]
     assert program.plan is not None
     assert program.arena_bytes < program.plan.naive_bytes()
+
+
+
+# (kernel, stride, padding, dilation, ceil_mode): windows that overhang into the padding or lie
+# wholly in it in ceil mode, with dilation (the cross-target fuzzer's cpu_graph59121 shape)
+CEIL_POOLS = [((4, 3), (3, 1), (2, 1), (1, 1), True), ((2, 1), (3, 1), (1, 0), (2, 2), True),
+              ((3, 3), (2, 2), (1, 1), (2, 1), True), ((2, 2), (3, 2), (1, 0), (1, 2), False)]
+
+
+def _torch_pools(x: np.ndarray) -> list[np.ndarray]:
+    """Per CEIL_POOLS row: max, average counting padding, average not counting it."""
+    import torch
+    import torch.nn.functional as F
+
+    t, out = torch.from_numpy(x), []
+    for kernel, stride, pad, dil, ceil in CEIL_POOLS:
+        out.append(F.max_pool2d(t, kernel, stride, pad, dil, ceil_mode=ceil).numpy())
+        out += [F.avg_pool2d(t, kernel, stride, pad, ceil_mode=ceil,
+                             count_include_pad=include).numpy() for include in (True, False)]
+    return out
+
+
+def test_pools_match_torch(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Max pools (NaN wins, bit-exact) and average pools (both divisor rules, 1e-6) in C
+    against torch, on windows that overhang the padding in ceil mode."""
+    module = Module("ceil_pools")
+    func, b = new_function(module, "forward", [TensorType((2, 3, 5, 11))], ["x"])
+    outs: list[Value] = []
+    for kernel, stride, (ph, pw), dil, ceil in CEIL_POOLS:
+        pad = (ph, pw, ph, pw)
+        outs.append(b.add(MaxPool2d(kernel=kernel, stride=stride, padding=pad, dilation=dil,
+                                    ceil_mode=ceil), func.args[0]))
+        outs += [b.add(AvgPool2d(kernel=kernel, stride=stride, padding=pad, ceil_mode=ceil,
+                                 count_include_pad=include), func.args[0])
+                 for include in (True, False)]
+    b.ret(*outs)
+    art = kiln.compile(module, target="cpu", pipeline="canonicalize",
+                       cache_dir=cache_dir(tmp_path_factory))
+    rng = np.random.default_rng(59121)
+    x = rng.standard_normal((2, 3, 5, 11)).astype(np.float32)
+    for got, want in zip(art(x), _torch_pools(x)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    for got, want in list(zip(art(x), _torch_pools(x)))[::3]:
+        np.testing.assert_array_equal(got, want)
+
+
+def test_row_group_with_two_results_keeps_its_operand(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """cpu_graph59121: a fused sigmoid + reduce_max (over an axis of 1) yielding both was
+    planned in place over its operand; the reduction's store came before the sigmoid result
+    re-read the operand, so that output was sigmoid(sigmoid(x))."""
+    module = Module("two_results")
+    func, b = new_function(module, "forward", [TensorType((1, 2, 3, 6))], ["x"])
+    pooled = b.add(AvgPool2d(kernel=(1, 2), stride=(1, 1), padding=(0, 0, 0, 1)), func.args[0])
+    sig = b.add(ew.Sigmoid(), pooled)
+    top = b.add(ReduceMax(axes=(0,), keepdims=True), sig)
+    b.ret(b.add(ReduceSum(axes=(0, 2)), top), sig)
+    art = kiln.compile(module, target="cpu", pipeline="canonicalize,fuse,dce",
+                       cache_dir=cache_dir(tmp_path_factory))
+    x = np.random.default_rng(7).standard_normal((1, 2, 3, 6)).astype(np.float32)
+    for got, want in zip(art(x), interpret(module, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -231,6 +231,49 @@ def test_pool1d(rng: np.random.Generator) -> None:
     check(build(lambda b, a: [b.add(k, a[0]) for k in kinds], (1, 3, 17)), rng)
 
 
+# (kernel, stride, padding, dilation, ceil_mode): windows that overhang into the padding or
+# lie wholly in it (-inf) in ceil mode, with dilation
+CEIL_POOLS = [((2, 1), (3, 1), (1, 0), (2, 2), True), ((3, 3), (2, 2), (1, 1), (2, 1), True),
+              ((4, 3), (3, 1), (2, 1), (1, 1), True), ((2, 2), (3, 2), (1, 0), (1, 2), False)]
+
+
+@pytest.mark.parametrize("geometry", CEIL_POOLS)
+def test_pools_match_torch_with_nan(rng: np.random.Generator,
+                                    geometry: tuple[tuple[int, int], ...]) -> None:
+    """Max pools propagate NaN as torch does (tl.maximum / tl.max drop it by default), and a
+    relu after them keeps it; average pools divide by torch's count; bit-exact NaN places."""
+    import torch
+    import torch.nn.functional as F
+
+    (kh, kw), stride, (ph, pw), dilation, ceil = geometry
+    pad = (ph, pw, ph, pw)
+    x = rng.standard_normal((2, 3, 5, 11)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+
+    def body(b: Builder, a: list[Value]) -> list[Value]:
+        mp = b.add(MaxPool2d(kernel=(kh, kw), stride=stride, padding=pad, dilation=dilation,
+                             ceil_mode=ceil), a[0])
+        ap = b.add(AvgPool2d(kernel=(kh, kw), stride=stride, padding=pad, ceil_mode=ceil), a[0])
+        return [mp, b.add(ew.Relu(), mp), ap]
+    art = kiln_compile(build(body, x.shape), target="gpu", pipeline="dce")
+    t = torch.from_numpy(x)
+    tmax = F.max_pool2d(t, (kh, kw), stride, (ph, pw), dilation, ceil_mode=ceil)
+    want = [tmax, torch.relu(tmax), F.avg_pool2d(t, (kh, kw), stride, (ph, pw), ceil_mode=ceil)]
+    for got, w in zip(art(x), want):
+        np.testing.assert_allclose(got, w.numpy(), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_relu_maximum_minimum_keep_nan(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((3, 17)).astype(np.float32)
+    y = rng.standard_normal((3, 17)).astype(np.float32)
+    x[0, ::3], y[1, ::4] = np.nan, np.nan
+    module = build(lambda b, a: [b.add(ew.Relu(), a[0]), b.add(ew.Maximum(), a[0], a[1]),
+                                 b.add(ew.Minimum(), a[0], a[1])], x.shape, y.shape)
+    got = kiln_compile(module, target="gpu", pipeline="dce")(x, y)
+    for g, w in zip(got, [np.maximum(x, 0), np.maximum(x, y), np.minimum(x, y)]):
+        np.testing.assert_array_equal(g, w)
+
+
 # -- copies and aliases ----------------------------------------------------------------------
 def test_copies(rng: np.random.Generator) -> None:
     def body(b: Builder, a: list[Value]) -> list[Value]:

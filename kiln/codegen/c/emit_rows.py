@@ -241,6 +241,8 @@ def emit_row_group(ctx: KernelContext, ops: Sequence[Op], args: dict[Value, Valu
     candidates = tuple(k for k, outer in enumerate(args.values())
                        if outer.type.shape == rows.shape and ctx.scalar(outer) is None
                        and ctx.ref(outer) in safe)
+    if len(ctx.results) > 1:  # one result is stored before another's chain reads the operand
+        candidates = ()
     for i, r in enumerate(ctx.results):
         if r.type.shape == rows.shape:
             ctx.set_inplace(i, candidates)

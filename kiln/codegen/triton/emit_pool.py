@@ -123,7 +123,11 @@ def _taps(kb: KernelBuilder, op: Op, init: str) -> None:
         kb.line(f"v = tl.load({kb.pointer(x)} + {offset}, mask={' & '.join(checks)}, "
                 f"other={init}){kb.options.widen}")
         if isinstance(op.kind, _MaxPool):
-            kb.line("acc = tl.maximum(acc, tl.max(v, axis=1, keep_dims=True))")
+            # NaN wins, as in torch: tl.max / tl.maximum drop it (maxnum) by default
+            kb.line("nan = tl.sum((v != v).to(tl.int32), axis=1, keep_dims=True) > 0")
+            kb.line("m = tl.maximum(acc, tl.max(v, axis=1, keep_dims=True), "
+                    "propagate_nan=tl.PropagateNan.ALL)")
+            kb.line('acc = tl.where(nan, float("nan"), m)')
         else:
             kb.line("acc = acc + tl.sum(v, axis=1, keep_dims=True)")
 
