@@ -89,3 +89,20 @@ def test_gpu_bf16_cast_matches_interpreter_bit_for_bit(rng: np.random.Generator,
     np.testing.assert_array_equal(_bits(got)[~nan], _bits(want)[~nan])
     if not then_add:  # NaN passes through unchanged (payload and sign), as in the interpreter
         np.testing.assert_array_equal(_bits(got)[nan], _bits(want)[nan])
+
+
+def test_bf16_storage_rounds_stores_to_nearest_even(rng: np.random.Generator) -> None:
+    """With `dtype="bf16"` storage every kernel stores through the explicit rounding: x·x of
+    bf16 inputs is exact in fp32 (8-bit × 8-bit significands), so the stored bits must be
+    torch's round-to-nearest-even of it (Triton's interpreter truncated in `.to`)."""
+    import torch
+
+    module = Module("square")
+    func, b = new_function(module, "forward", [TensorType((512,))], ["x"])
+    b.ret(b.add(ew.Mul(), func.args[0], func.args[0]))
+    x = rng.standard_normal(512).astype(np.float32)
+    art = kiln_compile(module, target="gpu", pipeline="dce", dtype="bf16")
+    xb = torch.from_numpy(x).to(torch.bfloat16).float()
+    want = (xb * xb).to(torch.bfloat16).float().numpy()
+    got = np.asarray(art(x), dtype=np.float32)
+    np.testing.assert_array_equal(_bits(got), _bits(want))

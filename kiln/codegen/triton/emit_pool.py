@@ -148,7 +148,7 @@ def pool_kernel(name: str, group: Group, options: TritonOptions) -> Kernel:
     kb.line(f"acc = tl.full((BLOCK_O, 1), {init}, tl.float32)")
     _taps(kb, op, init)
     result = "acc" if is_max else f"acc / {_divisor(kb, op)}"
-    kb.line(f"tl.store({kb.pointer(out)} + o, ({result}){options.narrow}, mask=mask)")
+    kb.line(f"tl.store({kb.pointer(out)} + o, {options.narrowed(result)}, mask=mask)")
     note = f"{numel} outputs x {taps} taps (window {list(_window(op))})"
     return kb.finish((-(-numel // block_o),), [note],
                      num_warps=blocks.num_warps(block_o * block_t))

@@ -146,7 +146,7 @@ class KernelBuilder:
         address = f"{self.pointer(outer)} + {offset}" if offset != "0" else self.pointer(outer)
         mask = access.mask()
         tail = f", mask={mask})" if mask else ")"
-        self.line(f"tl.store({address}, {value}{self.options.narrow}{tail}")
+        self.line(f"tl.store({address}, {self.options.narrowed(value)}{tail}")
 
     def store_outputs(self, space: Space, dims_of: Mapping[Value, Sequence[int]]) -> None:
         """Store every yielded value (laid along `dims_of[inner]`, default the identity)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kiln.codegen.triton.exprs import round_bf16
 from kiln.errors import KilnError
 
 STORAGE: dict[str, tuple[str, str, int]] = {
@@ -57,3 +58,11 @@ class TritonOptions:
     def narrow(self) -> str:
         """Suffix that converts an fp32 tile to the storage type before a store."""
         return "" if self.dtype == "fp32" else f".to({self.tl_dtype})"
+
+    def narrowed(self, value: str) -> str:
+        """`value` (an fp32 tile) converted to the storage type. bf16 rounds to nearest even
+        explicitly first (`exprs.round_bf16`): Triton's interpreter truncates in `.to`, a GPU
+        rounds, so without it the two would store different bits."""
+        if self.dtype == "bf16":
+            return f"({round_bf16(f'({value})')}){self.narrow}"
+        return f"({value}){self.narrow}" if self.narrow else value
