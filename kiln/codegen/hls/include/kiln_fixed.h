@@ -51,10 +51,11 @@ inline wide_t round_shift(wide_t raw, int d) {
     return q + (up ? 1 : 0);
 }
 
-// Raw of fixed<W, W-DST_F, S, Q, O> for a raw with SRC_F fraction bits (ap_fixed's operator=).
-template <int SRC_F, int W, int DST_F, bool S, Rounding Q, Overflow O>
-inline int64_t requantize(int64_t raw) {
-    const int d = SRC_F - DST_F;
+// Raw of fixed<W, W-DST_F, S, Q, O> for a raw with `src_f` fraction bits (ap_fixed's
+// operator=); the source's fraction bits may be known only at run time (softmax).
+template <int W, int DST_F, bool S, Rounding Q, Overflow O>
+inline int64_t requantize_dyn(int64_t raw, int src_f) {
+    const int d = src_f - DST_F;
     wide_t v = raw;
     if (d > 0) {
         v = round_shift<Q>(v, d);
@@ -79,6 +80,12 @@ inline int64_t requantize(int64_t raw) {
     wide_t low = v & mask;
     if (S && (low >> (W - 1)) != 0) low -= one << W;
     return (int64_t)low;
+}
+
+// The same with the source's fraction bits known at compile time.
+template <int SRC_F, int W, int DST_F, bool S, Rounding Q, Overflow O>
+inline int64_t requantize(int64_t raw) {
+    return requantize_dyn<W, DST_F, S, Q, O>(raw, SRC_F);
 }
 
 // Integer division total / count (count > 0) rounded with mode Q: average pools.

@@ -177,30 +177,6 @@ inline int64_t hardswish_raw(int64_t x) {
     return requantize<FO, W, FO, S, Q, O>(divide_round<Q>(num, den));
 }
 
-// kiln::requantize with the source's fraction bits known only at run time (softmax).
-template <int W, int DST_F, bool S, Rounding Q, Overflow O>
-inline int64_t requantize_dyn(int64_t raw, int src_f) {
-    const int d = src_f - DST_F;
-    wide_t v = raw;
-    if (d > 0) v = round_shift<Q>(v, d);
-    else if (d < 0) v = v * (wide_t(1) << (-d > 64 ? 64 : -d));
-    const wide_t one = 1;
-    const wide_t hi = S ? (one << (W - 1)) - 1 : (one << W) - 1;
-    const wide_t lo = S ? -(one << (W - 1)) : 0;
-    if (O == KILN_SAT_SYM && S && W > 1 && v == lo) return (int64_t)(-hi);
-    if (v >= lo && v <= hi) return (int64_t)v;
-    switch (O) {
-        case KILN_SAT: return (int64_t)(v > hi ? hi : lo);
-        case KILN_SAT_ZERO: return 0;
-        case KILN_SAT_SYM: return (int64_t)(v > hi ? hi : (S ? (W == 1 ? -1 : -hi) : lo));
-        case KILN_WRAP: break;
-    }
-    const wide_t mask = (one << W) - 1;
-    wide_t low = v & mask;
-    if (S && (low >> (W - 1)) != 0) low -= one << W;
-    return (int64_t)low;
-}
-
 // Softmax of one row of K raws (hls4ml's stable softmax): d = max - x reads the exp table
 // (T entries, index min(floor(d * 2^SHIFT), T-1)), the exact sum S = m * 2^p is normalized
 // like a float and 1/m read from the inverse table (2^MBITS entries over [1, 2)); each
