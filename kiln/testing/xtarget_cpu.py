@@ -13,7 +13,6 @@ quantized IR, bit for bit.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from kiln.targets.cpu import INT8_PIPELINE, CpuArtifact, CpuOptions
 from kiln.targets.toolchains import gcc
 from kiln.testing.differential import failed, first_line, run_quietly
 from kiln.testing.xtarget import FP32_TOLERANCE, Case, Refused, Result, failure, judge
-from kiln.testing.xtarget_batch import bisect, in_child
+from kiln.testing.xtarget_batch import BatchedRunner, in_child
 
 FUZZ_OPT = "-O1"
 """Optimization level of fuzzing builds (generated code must be right at any level)."""
@@ -61,10 +60,11 @@ def integer_only(module: Module) -> bool:
         for op in module.main.ops)
 
 
-class CpuRunner:
+class CpuRunner(BatchedRunner):
     """The cpu target, fp32 (`int8=False`) or `quantize="int8"`, on batches of cases."""
 
     def __init__(self, work: Path, *, int8: bool = False, opt: str = FUZZ_OPT) -> None:
+        super().__init__()
         self.name = "cpu-int8" if int8 else "cpu"
         self.int8 = int8
         self.work = work / self.name
@@ -73,7 +73,6 @@ class CpuRunner:
         self.options = COptions(gcc.vector_width(self.toolchain, "native"), 1, None)
         self.flags = [opt if f == "-O3" else f for f in gcc.flags("native", 1, False)]
         self.cpu_options = CpuOptions.of({})
-        self._batches = itertools.count()
         self.builds = 0
         self._runtime: list[Path] | None = None
 
@@ -107,36 +106,8 @@ class CpuRunner:
                 raise Refused(outcome.detail) from None
             raise
 
-    # -- per batch -----------------------------------------------------------------------------
-    def run_batch(self, cases: Sequence[Case]) -> list[Result | None]:
-        results: list[Result | None] = [None] * len(cases)
-        ready: list[_Ready] = []
-        for i, case in enumerate(cases):
-            item = self.prepare(i, case)
-            if isinstance(item, Result):
-                results[i] = item
-            else:
-                ready.append(item)
-        if not ready:
-            return results
-        folder = self.work / f"batch{next(self._batches)}"
-        self.write_sources(folder, ready)
-        built, broken = bisect(ready, lambda group: self.build(folder, group))
-        for item, why in broken:
-            results[item.index] = Result(self.name, "crash", "gcc: " + why)
-        for group, lib in built:
-            def run(sub: Sequence[_Ready], lib: Path = lib) -> list[list[np.ndarray] | str]:
-                return self.execute(lib, sub, cases)
-
-            ran, died = bisect(group, run)
-            for item, why in died:
-                results[item.index] = Result(self.name, "crash", "running: " + why)
-            for sub, answers in ran:
-                for item, outs in zip(sub, answers):
-                    results[item.index] = self.judge(item, outs)
-        return results
-
-    def judge(self, item: _Ready, outs: list[np.ndarray] | str) -> Result:
+    # -- per batch (the loop: BatchedRunner.run_batch) -------------------------------------
+    def judge(self, item: _Ready, outs: list[np.ndarray] | str, case: Case) -> Result:
         if isinstance(outs, str):
             return Result(self.name, "crash", outs)
         exact = self.int8 and integer_only(item.module)
@@ -144,7 +115,7 @@ class CpuRunner:
         return Result(self.name, "ok", "bit-exact") if exact and result.status == "ok" \
             else result
 
-    def write_sources(self, folder: Path, ready: Sequence[_Ready]) -> None:
+    def write(self, folder: Path, ready: Sequence[_Ready]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in ready[0].program.sources.items():
             if name.startswith("kiln_"):

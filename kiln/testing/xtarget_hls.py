@@ -13,7 +13,6 @@ must equal `kiln.interpret` on the fixed-point IR bit for bit, as `art(x)` does.
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from kiln.targets.target import get_target
 from kiln.targets.toolchains import gxx
 from kiln.testing.differential import first_line, run_quietly
 from kiln.testing.xtarget import Case, Result, judge
-from kiln.testing.xtarget_batch import bisect
+from kiln.testing.xtarget_batch import BatchedRunner
 
 CSIM_FLAGS = ("-O1", "-std=c++14", "-w", "-Ifirmware")
 PRECISIONS = (16, 16, 12, 8)
@@ -50,16 +49,19 @@ class _Ready:
     want: list[np.ndarray]
 
 
-class HlsRunner:
+class HlsRunner(BatchedRunner):
     """The fpga (`flavor="fpga"`) or asic target's C-simulation on batches of cases."""
 
+    build_tool = "g++"
+    run_label = "C-simulation"
+
     def __init__(self, work: Path, flavor: str = "fpga") -> None:
+        super().__init__()
         self.name = flavor
         self.flavor = flavor
         self.work = work / flavor
         self.work.mkdir(parents=True, exist_ok=True)
         self.toolchain = gxx.find("g++")
-        self._batches = itertools.count()
         self.builds = 0
 
     def prepare(self, index: int, case: Case) -> _Ready | Result:
@@ -89,43 +91,15 @@ class HlsRunner:
             return Result(self.name, "crash", "emitting: " + first_line(exc))
         return _Ready(index, model_name(fixed), art, raws, want)
 
-    def run_batch(self, cases: Sequence[Case]) -> list[Result | None]:
-        results: list[Result | None] = [None] * len(cases)
-        ready: list[_Ready] = []
-        for i, case in enumerate(cases):
-            item = self.prepare(i, case)
-            if isinstance(item, Result):
-                results[i] = item
-            else:
-                ready.append(item)
-        if not ready:
-            return results
-        folder = self.work / f"batch{next(self._batches)}"
-        self.write_firmware(folder, ready)
-        built, broken = bisect(ready, lambda group: self.build(folder, group))
-        for item, why in broken:
-            results[item.index] = Result(self.name, "crash", "g++: " + why)
-        for group, binary in built:
-            def run(sub: Sequence[_Ready], binary: Path = binary) -> list[np.ndarray]:
-                return self.execute(binary, sub)
-
-            ran, died = bisect(group, run)
-            for item, why in died:
-                results[item.index] = Result(self.name, "crash", "C-simulation: " + why)
-            for sub, answers in ran:
-                for item, raws in zip(sub, answers):
-                    results[item.index] = self.judge(item, raws, cases[item.index].inputs)
-        return results
-
-    def judge(self, item: _Ready, raws: np.ndarray, inputs: Sequence[np.ndarray]) -> Result:
+    def judge(self, item: _Ready, raws: np.ndarray, case: Case) -> Result:
         try:
-            got = item.art.tail(raws.reshape(1, -1), inputs)
+            got = item.art.tail(raws.reshape(1, -1), case.inputs)
         except Exception as exc:  # the host's float tail failing
             return Result(self.name, "crash", "host tail: " + first_line(exc))
         result = judge(self.name, item.want, got, 0.0)
         return Result(self.name, "ok", "bit-exact") if result.status == "ok" else result
 
-    def write_firmware(self, folder: Path, ready: Sequence[_Ready]) -> None:
+    def write(self, folder: Path, ready: Sequence[_Ready]) -> None:
         (folder / "firmware").mkdir(parents=True, exist_ok=True)
         for item in ready:
             for rel, text in item.art.files.items():
@@ -180,7 +154,8 @@ class HlsRunner:
         return gxx.build(self.toolchain, folder, [f"{tag}.cpp"], tag, list(CSIM_FLAGS),
                          log_name=f"{tag}.log")
 
-    def execute(self, binary: Path, group: Sequence[_Ready]) -> list[np.ndarray]:
+    def execute(self, binary: Path, group: Sequence[_Ready],
+                cases: Sequence[Case] = ()) -> list[np.ndarray]:
         """Every model of `group`, one sample each, in one run of `binary`."""
         with tempfile.TemporaryDirectory(prefix="kiln-xcsim-") as tmp:
             src, dst = Path(tmp) / "in.dat", Path(tmp) / "out.dat"

@@ -132,13 +132,13 @@ def test_cpu_batch_isolates_a_model_gcc_rejects(tmp_path: Path,
     from kiln.testing import xtarget_cpu
 
     runner = xtarget_cpu.CpuRunner(tmp_path)
-    real = runner.write_sources
+    real = runner.write
 
     def sabotage(folder: Path, ready: Sequence[xtarget_cpu._Ready]) -> None:
         real(folder, ready)
         (folder / f"m{ready[1].index}" / "model.c").write_text("int broken(void) { return }\n")
 
-    monkeypatch.setattr(runner, "write_sources", sabotage)
+    monkeypatch.setattr(runner, "write", sabotage)
     results = runner.run_batch([_relu_case(s, f"m{s}") for s in range(4)])
     assert [r.status if r else None for r in results] == ["ok", "crash", "ok", "ok"]
     assert results[1] is not None and results[1].detail.startswith("gcc:")
@@ -165,14 +165,14 @@ def test_fpga_batch_is_bit_exact_and_isolates_a_bad_model(tmp_path: Path,
     runner = xtarget_hls.HlsRunner(tmp_path, "fpga")
     cases = [_relu_case(s, f"m{s}") for s in range(3)]
     assert [r.status if r else None for r in runner.run_batch(cases)] == ["ok"] * 3
-    real = runner.write_firmware
+    real = runner.write
 
     def sabotage(folder: Path, ready: Sequence[xtarget_hls._Ready]) -> None:
         real(folder, ready)
         path = folder / "firmware" / f"{ready[0].name}.cpp"
         path.write_text(path.read_text() + "\nint oops = ;\n")
 
-    monkeypatch.setattr(runner, "write_firmware", sabotage)
+    monkeypatch.setattr(runner, "write", sabotage)
     statuses = [r.status if r else None for r in runner.run_batch(cases)]
     assert statuses == ["crash", "ok", "ok"]
 
