@@ -186,19 +186,28 @@ def _pair(values: tuple[int, ...], one_d: bool, default: int) -> tuple[int, int]
     return (default, values[0]) if one_d else (values[0], values[1])
 
 
-def _conv(layer: HlsLayer) -> str:
-    assert layer.weight is not None and layer.weight_type is not None
+def conv_dims(layer: HlsLayer) -> tuple[tuple[int, int, int], tuple[int, ...]]:
+    """A conv layer's template geometry: (c, h, w) of its input, then (o, kh, kw, sh, sw, pt,
+    pl, dh, dw, groups, oh, ow, shift, bias shift) — conv1d as a 1×W conv2d. Shared by the
+    parallel and stream templates (the stream one puts its line-buffer rows in between)."""
+    assert layer.weight is not None
     kind: Any = layer.op.kind  # ConvBase attributes
     one_d = layer.kind == "conv1d"
-    c, h, w = _spatial(layer.inputs[0])
     o, oh, ow = _spatial(layer.output)
     kh, kw = _pair(layer.weight.shape[2:], one_d, 1)
     sh, sw = _pair(kind.stride, one_d, 1)
     pt, pl = _pair(kind.padding, one_d, 0)
     dh, dw = _pair(kind.dilation, one_d, 1)
     shift, bshift = _dot_shifts(layer)
+    return _spatial(layer.inputs[0]), (o, kh, kw, sh, sw, pt, pl, dh, dw, kind.groups, oh, ow,
+                                       shift, bshift)
+
+
+def _conv(layer: HlsLayer) -> str:
+    assert layer.weight is not None and layer.weight_type is not None
+    geometry, rest = conv_dims(layer)
     has_bias, btype, bias = _bias_args(layer)
-    dims = (c, h, w, o, kh, kw, sh, sw, pt, pl, dh, dw, kind.groups, oh, ow, shift, bshift)
+    dims = (*geometry, *rest)
     return (f"kiln::conv2d<{', '.join(map(str, dims))}, {has_bias}, "
             f"{c_int(layer.weight_type)}, {btype}>(in0, out, {layer.name}_w, {bias})")
 

@@ -37,6 +37,7 @@ from kiln.codegen.hls.emit_layers import (
     _partition,
     _spatial,
     c_int,
+    conv_dims,
     emit_weights,
 )
 from kiln.codegen.hls.emit_stream_plan import Edge, Stage, StreamPlan, plan_stream
@@ -88,18 +89,9 @@ def _elementwise(layer: HlsLayer) -> str:
 
 def _conv(stage: Stage, layer: HlsLayer, epi: str, rows: int) -> str:
     assert layer.weight is not None and layer.weight_type is not None
-    kind: Any = layer.op.kind  # ConvBase attributes
-    one_d = layer.kind == "conv1d"
-    c, h, w = _spatial(layer.inputs[0])
-    o, oh, ow = _spatial(layer.output)
-    kh, kw = _pair(layer.weight.shape[2:], one_d, 1)
-    sh, sw = _pair(kind.stride, one_d, 1)
-    pt, pl = _pair(kind.padding, one_d, 0)
-    dh, dw = _pair(kind.dilation, one_d, 1)
-    shift, bshift = _dot_shifts(layer)
+    geometry, rest = conv_dims(layer)
     has_bias, btype, bias = _bias_args(layer)
-    dims = (c, h, w, rows, o, kh, kw, sh, sw, pt, pl, dh, dw, kind.groups, oh, ow,
-            shift, bshift)
+    dims = (*geometry, rows, *rest)
     return (f"kiln::conv2d_stream<{', '.join(map(str, dims))}, {has_bias}, "
             f"{c_int(layer.weight_type)}, {btype}, {epi}, {layer.reuse_factor}>"
             f"(in0, out, {layer.name}_w, {bias})")
