@@ -52,6 +52,7 @@ from kiln.ir.rewriter import Rewriter
 from kiln.ir.types import F32, TensorType
 from kiln.passes.outline import outline
 from kiln.targets.toolchains import gcc
+from kiln.testing.opnet import OpNet
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None, reason="needs gcc")
 TOL = 1e-4
@@ -62,31 +63,9 @@ def cache_dir(factory: pytest.TempPathFactory) -> Path:
     return factory.getbasetemp() / "kiln-cpu-cache"
 
 
-class Net:
-    """Builds the test module: `w(...)` adds a weight, `out(...)` marks values returned."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.module = Module("all_ops")
-        self.func, self.b = new_function(self.module, "forward",
-                                         [TensorType((2, 3, 8, 9)), TensorType((2, 5, 16))],
-                                         ["x", "v"])
-        self.outs: list[Value] = []
-
-    def w(self, *shape: int, positive: bool = False) -> Value:
-        data = self.rng.standard_normal(shape).astype(np.float32)
-        if positive:
-            data = (np.abs(data) + 0.5).astype(np.float32)
-        return self.b.weight(f"p{len(self.module.weights)}", data)
-
-    def add(self, kind: object, *operands: Value) -> Value:
-        return self.b.add(kind, *operands)  # type: ignore[arg-type]
-
-    def out(self, *values: Value) -> None:
-        self.outs.extend(values)
 
 
-def conv_branch(n: Net, x: Value) -> None:
+def conv_branch(n: OpNet, x: Value) -> None:
     c1 = n.add(Conv2d(stride=(2, 2), padding=(1, 0, 1, 2)), x, n.w(6, 3, 3, 3), n.w(6))
     r1 = n.add(ew.Relu(), c1)
     c2 = n.add(Conv2d(), x, n.w(4, 3, 1, 1), n.w(4))
@@ -105,7 +84,7 @@ def conv_branch(n: Net, x: Value) -> None:
     n.out(c1, r1, dw, gr, ct, n.add(ew.Hardswish(), res), scaled, clamped, grouped, strided_dw)
 
 
-def pool_branch(n: Net, x: Value, v: Value) -> None:
+def pool_branch(n: OpNet, x: Value, v: Value) -> None:
     n.out(n.add(MaxPool2d(kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1),
                           ceil_mode=True), x),
           n.add(MaxPool2d(kernel=(2, 2), stride=(1, 2), dilation=(2, 1)), x),
@@ -120,7 +99,7 @@ def pool_branch(n: Net, x: Value, v: Value) -> None:
           n.add(Conv1d(stride=(2,), padding=(2, 1), dilation=(2,)), v, n.w(4, 5, 3), n.w(4)))
 
 
-def shape_branch(n: Net, x: Value, v: Value) -> None:
+def shape_branch(n: OpNet, x: Value, v: Value) -> None:
     parts = n.b.create(Split(sizes=(4, 5), axis=3), x).results
     n.out(*parts,
           n.add(Transpose(perm=(0, 2, 3, 1)), x),
@@ -135,7 +114,7 @@ def shape_branch(n: Net, x: Value, v: Value) -> None:
           x)
 
 
-def matrix_branch(n: Net, v: Value) -> None:
+def matrix_branch(n: OpNet, v: Value) -> None:
     vt = n.add(Transpose(perm=(0, 2, 1)), v)
     n.out(n.add(Linear(), v, n.w(7, 16), n.w(7)),
           n.add(Linear(), n.add(Reshape(shape=(10, 16)), v), n.w(33, 16)),
@@ -146,7 +125,7 @@ def matrix_branch(n: Net, v: Value) -> None:
           n.add(ew.Add(), n.add(Linear(), v, n.w(7, 16)), n.w(2, 1, 7)))
 
 
-def row_branch(n: Net, v: Value) -> None:
+def row_branch(n: OpNet, v: Value) -> None:
     peak = n.add(ReduceMax(axes=(2,), keepdims=True), v)
     e = n.add(ew.Exp(), n.add(ew.Sub(), v, peak))
     manual = n.add(ew.Div(), e, n.add(ReduceSum(axes=(2,), keepdims=True), e))
@@ -160,7 +139,7 @@ def row_branch(n: Net, v: Value) -> None:
           manual)
 
 
-def pointwise_branch(n: Net, v: Value) -> None:
+def pointwise_branch(n: OpNet, v: Value) -> None:
     pos = n.add(ew.Add(), n.add(ew.Abs(), v), n.b.constant(np.array(0.5, np.float32)))
     unary = [ew.Neg(), ew.Exp(), ew.Erf(), ew.Relu(), ew.Relu6(), ew.Sigmoid(), ew.Tanh(),
              ew.Silu(), ew.Hardsigmoid(), ew.Hardswish(), ew.LeakyRelu(slope=0.2),
@@ -176,7 +155,7 @@ def pointwise_branch(n: Net, v: Value) -> None:
 
 
 def build_module(seed: int = 0) -> Module:
-    n = Net(seed)
+    n = OpNet("all_ops", seed)
     x, v = n.func.args
     conv_branch(n, x)
     pool_branch(n, x, v)

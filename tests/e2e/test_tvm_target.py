@@ -24,7 +24,7 @@ tvm = pytest.importorskip("tvm", reason="target tvm needs Apache TVM: pip instal
 
 import kiln  # noqa: E402
 from kiln.errors import KilnError  # noqa: E402
-from kiln.ir.builder import Builder, new_function  # noqa: E402
+from kiln.ir.builder import Builder  # noqa: E402
 from kiln.ir.graph import Module, Value  # noqa: E402
 from kiln.ir.interpret import interpret  # noqa: E402
 from kiln.ir.ops import elementwise as ew  # noqa: E402
@@ -36,10 +36,11 @@ from kiln.ir.ops import reduce as rd  # noqa: E402
 from kiln.ir.ops import shape as sh  # noqa: E402
 from kiln.ir.ops.base import builtin_ops  # noqa: E402
 from kiln.ir.ops.core import Cast  # noqa: E402
-from kiln.ir.types import F32, TensorType  # noqa: E402
+from kiln.ir.types import F32  # noqa: E402
 from kiln.models import example_inputs, get_model, list_models  # noqa: E402
 from kiln.targets.tvm_lower import RULES, STRUCTURAL, problems  # noqa: E402
 from kiln.testing.graphgen import random_module  # noqa: E402
+from kiln.testing.opnet import OpNet  # noqa: E402
 
 TOL = 1e-4
 SLOW_MODELS = {"digits_cnn", "conv1d_net", "resnet8", "mobilenet_v2ish"}
@@ -128,31 +129,9 @@ def test_export_loads_without_kiln(compiled: Callable[..., kiln.CompiledModel],
 
 # -- every rule against the interpreter -------------------------------------------------------
 
-class Net:
-    """Builds the op-coverage module: `w(...)` adds a weight, `out(...)` returns values."""
-
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng()
-        self.module = Module("tvm_ops")
-        self.func, self.b = new_function(self.module, "forward",
-                                         [TensorType((2, 3, 8, 9)), TensorType((2, 5, 16))],
-                                         ["x", "v"])
-        self.outs: list[Value] = []
-
-    def w(self, *shape: int, positive: bool = False) -> Value:
-        data = self.rng.standard_normal(shape).astype(np.float32)
-        if positive:
-            data = (np.abs(data) + 0.5).astype(np.float32)
-        return self.b.weight(f"p{len(self.module.weights)}", data)
-
-    def add(self, kind: object, *operands: Value) -> Value:
-        return self.b.add(kind, *operands)  # type: ignore[arg-type]
-
-    def out(self, *values: Value) -> None:
-        self.outs.extend(values)
 
 
-def conv_ops(n: Net, x: Value, v: Value) -> None:
+def conv_ops(n: OpNet, x: Value, v: Value) -> None:
     c1 = n.add(cv.Conv2d(stride=(2, 2), padding=(1, 0, 1, 2)), x, n.w(6, 3, 3, 3), n.w(6))
     n.out(c1,
           n.add(cv.Conv2d(padding=(1, 1, 1, 1), groups=6), c1, n.w(6, 1, 3, 3), n.w(6)),
@@ -169,7 +148,7 @@ def conv_ops(n: Net, x: Value, v: Value) -> None:
           n.add(cv.MatMul(), v, n.w(16)))
 
 
-def pool_ops(n: Net, x: Value, v: Value) -> None:
+def pool_ops(n: OpNet, x: Value, v: Value) -> None:
     n.out(n.add(pl.MaxPool2d(kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1),
                              dilation=(1, 1), ceil_mode=True), x),
           n.add(pl.MaxPool2d(kernel=(2, 2), stride=(1, 2), dilation=(2, 1)), x),
@@ -184,7 +163,7 @@ def pool_ops(n: Net, x: Value, v: Value) -> None:
           n.add(nm.LocalResponseNorm(size=3, alpha=1e-2), x))
 
 
-def channels_last_ops(n: Net, x: Value) -> None:
+def channels_last_ops(n: OpNet, x: Value) -> None:
     xl = n.add(sh.Transpose(perm=layout.NHWC_FROM_NCHW), x)
     n.out(n.add(layout.Conv2dNhwc(stride=(2, 1), padding=(1, 1, 0, 1)), xl, n.w(3, 3, 3, 4),
                 n.w(4)),
@@ -195,7 +174,7 @@ def channels_last_ops(n: Net, x: Value) -> None:
           n.add(layout.AdaptiveAvgPool2dNhwc(output_size=(2, 3)), xl))
 
 
-def shape_ops(n: Net, x: Value, v: Value) -> None:
+def shape_ops(n: OpNet, x: Value, v: Value) -> None:
     n.out(*n.b.create(sh.Split(sizes=(4, 5), axis=3), x).results,
           n.add(sh.Slice(axes=(1, 3), starts=(1, 0), ends=(3, 9), steps=(1, 3)), x),
           n.add(sh.Concat(axis=1), x, n.add(ew.Neg(), x), x),
@@ -208,7 +187,7 @@ def shape_ops(n: Net, x: Value, v: Value) -> None:
           x)
 
 
-def row_ops(n: Net, v: Value) -> None:
+def row_ops(n: OpNet, v: Value) -> None:
     n.out(n.add(nm.Softmax(axis=1), v), n.add(nm.LogSoftmax(axis=2), v),
           n.add(nm.LayerNorm(normalized_ndim=1), v, n.w(16), n.w(16)),
           n.add(nm.LayerNorm(normalized_ndim=2, eps=1e-3), v),
@@ -216,7 +195,7 @@ def row_ops(n: Net, v: Value) -> None:
           n.add(rd.ReduceMax(axes=(0,)), v), n.add(rd.ReduceMin(axes=(1,)), v))
 
 
-def pointwise_ops(n: Net, v: Value) -> None:
+def pointwise_ops(n: OpNet, v: Value) -> None:
     pos = n.add(ew.Add(), n.add(ew.Abs(), v), n.b.constant(np.array(0.5, np.float32)))
     unary = [ew.Neg(), ew.Exp(), ew.Erf(), ew.Relu(), ew.Relu6(), ew.Sigmoid(), ew.Tanh(),
              ew.Silu(), ew.Hardsigmoid(), ew.Hardswish(), ew.LeakyRelu(slope=0.2),
@@ -231,7 +210,7 @@ def pointwise_ops(n: Net, v: Value) -> None:
 
 
 def ops_module() -> Module:
-    n = Net()
+    n = OpNet("tvm_ops")
     x, v = n.func.args
     conv_ops(n, x, v)
     pool_ops(n, x, v)
