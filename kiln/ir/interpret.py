@@ -117,6 +117,13 @@ def interpret(module: Module, *inputs: Any, func: str | None = None,
     return _Runner(module, observer).run_block(target.body, env, top=True)
 
 
+def run_op(module: Module, op: Op, env: dict[Value, np.ndarray]) -> list[np.ndarray]:
+    """One op of `module` by its reference semantics, reading its operands from `env`:
+    weights come from `module.weights`, a region (a fused group) runs its body. For callers
+    that evaluate part of a module themselves (the fpga target's host tail)."""
+    return _Runner(module, None).run_op(op, env)
+
+
 def interpret_all(module: Module, *inputs: Any,
                   func: str | None = None) -> dict[Value, np.ndarray]:
     """Every top-level value of the function computed on `inputs` (for numerics debugging)."""

@@ -65,7 +65,7 @@ from kiln.codegen.hls.emitter import model_name
 from kiln.codegen.hls.layers import ReuseFactor
 from kiln.errors import KilnError
 from kiln.ir.graph import Module, Op, Value
-from kiln.ir.interpret import interpret_all
+from kiln.ir.interpret import interpret_all, run_op
 from kiln.ir.ops.core import Constant, Weight
 from kiln.ir.types import FixedType
 from kiln.passes.fixed_point import quantized_already
@@ -85,20 +85,15 @@ def _run_op(op: Op, env: dict[Value, np.ndarray], module: Module | None = None) 
                                        *[env[v] for v in op.operands])
         env.update(zip(op.results, outs))
         return
-    from kiln.ir.interpret import _Runner
-
-    runner = _Runner(module, None)
     _parameters(op.operands, env, module)
-    env.update(zip(op.results, runner.run_op(op, env)))
+    env.update(zip(op.results, run_op(module, op, env)))
 
 
 def _parameters(values: Sequence[Value], env: dict[Value, np.ndarray], module: Module) -> None:
     """Weights and constants among `values` that the host has not computed yet."""
-    from kiln.ir.interpret import _Runner
-
     for v in values:
         if v not in env and v.producer is not None and v.producer.isa((Weight, Constant)):
-            env[v] = _Runner(module, None).run_op(v.producer, env)[0]
+            env[v] = run_op(module, v.producer, env)[0]
 
 
 @dataclass
