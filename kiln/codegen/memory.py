@@ -30,6 +30,7 @@ from typing import Literal
 from kiln.ir.analysis import liveness
 from kiln.ir.graph import Func, Op, Value
 from kiln.ir.ops.core import Constant, Return, Weight
+from kiln.ir.types import DType
 
 StorageKind = Literal["arena", "input", "output", "param"]
 
@@ -42,6 +43,21 @@ class Storage:
     offset: int = 0
     index: int = 0
     param: Op | None = None
+
+
+def element_bytes(dtype: DType) -> int:
+    """Bytes one element of `dtype` takes in a buffer: its storage bits rounded up to whole
+    bytes (f32 and i32 take 4, an 8-bit quantized q<i8|u8, ...> 1, bool 1).
+
+    Targets size buffers with it, so an int8 tensor takes a quarter of a float32 one's arena
+    bytes; the planner still aligns every buffer to `PlanRules.alignment` (vector loads).
+    """
+    return max(1, -(-dtype.bits // 8))
+
+
+def value_nbytes(value: Value) -> int:
+    """Bytes of a dense, contiguous `value` (`element_bytes` of its dtype per element)."""
+    return value.type.numel * element_bytes(value.type.dtype)
 
 
 def _no_alias(op: Op) -> int | None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import kiln
+from kiln.codegen.c.emit_qmatmul import QMATMUL_KERNELS
 from kiln.codegen.c.emit_qnn import QNN_KERNELS
 from kiln.codegen.c.kernels import ALIASES, KERNELS, REJECTED, STRUCTURAL
 from kiln.ir.builder import Builder, new_function
@@ -210,14 +211,15 @@ def test_the_module_uses_every_kernel() -> None:
     used = {type(op.kind) for op in build_module().main.walk()}
     missing = {cls.NAME for cls in KERNELS if cls not in used} - {"kiln.fused"}
     missing -= {cls.NAME for cls in QNN_KERNELS}  # int8 kernels: tests/e2e/test_cpu_int8.py
+    missing -= {cls.NAME for cls in QMATMUL_KERNELS}  # tests/unit/test_cpu_qmatmul.py
     assert not missing
 
 
 def test_every_op_matches_the_interpreter(plain: tuple[kiln.CompiledModel, Module]) -> None:
     art, module = plain
     kernels = " ".join(k["kernel"] for k in art.report()["kernels"])
-    for scheme in ("conv im2col+gemm", "conv 1x1 gemm", "grouped conv im2col+gemm",
-                   "depthwise conv direct (padded grid)", "conv direct", "conv_transpose2d",
+    for scheme in ("conv implicit gemm", "conv 1x1 gemm", "grouped conv implicit gemm",
+                   "depthwise conv direct", "conv direct", "conv_transpose2d",
                    "softmax rows (vectorized)", "rows softmax", "linear gemm", "matmul gemm"):
         assert scheme in kernels, scheme
     for seed in (1, 2):

@@ -4,9 +4,13 @@ Bit-exact with the interpreter (the arithmetic contract is `kiln/ir/requant.py`)
 values live in the arena as packed 8-bit integers (the planner's 4 bytes per element leave
 room); kernel parameters are declared `float*` by the context, so every kernel casts. Integer
 parameters (shifted weights, int32 bias, multipliers, shifts) are emitted as `static const`
-arrays inside the kernel: the float32 weights blob cannot hold int32 values exactly. Operands
-are shifted by their zero points to int16 before the dot products (`kiln_qgemm.h`), so padding
-is a plain 0 and one int16 x int16 -> int32 dot product serves int8 and uint8 alike.
+arrays inside the kernel: the float32 weights blob cannot hold int32 values exactly.
+
+Convolutions and linear layers with symmetric weights run on AVX-512 VNNI (`emit_qvnni.py`,
+`kiln_qvnni.h`: uint8 x int8 dot products, the zero point folded into the bias); the generated
+code keeps the portable path under `#if !KILN_QVNNI`: operands shifted by their zero points to
+int16 before the dot products (`kiln_qgemm.h`), so padding is a plain 0 and one int16 x int16 ->
+int32 dot product serves int8 and uint8 alike (also the only path for weights with zero points).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kiln.codegen.c import emit_qvnni
 from kiln.codegen.c.context import KernelContext
 from kiln.codegen.c.emit_pool import _as_2d
 from kiln.ir.graph import Op, Value
@@ -116,9 +121,10 @@ def emit_quantize(ctx: KernelContext) -> None:
     w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
     w.line(f"const float* X = {ctx.ref(x)};")
     with w.block(f"for (long i = 0; i < {x.type.numel}L; ++i)"):
-        w.line(f"double t = (double)nearbyintf(X[i] / {scale.hex()}f) + {q.zero_point[0]}.0;")
-        w.line(f"Y[i] = ({_ctype(y)})(t != t ? {lo} : (t < {lo}.0 ? {lo} : "
-               f"(t > {hi}.0 ? {hi} : (int)t)));")
+        # float32 is exact here: rint(...) + zp can only round beyond 2^24, which saturates
+        w.line(f"float t = nearbyintf(X[i] / {scale.hex()}f) + {q.zero_point[0]}.0f;")
+        w.line(f"float c = t < {lo}.0f ? {lo}.0f : (t > {hi}.0f ? {hi}.0f : t);")
+        w.line(f"Y[i] = ({_ctype(y)})(t != t ? {lo} : (int)c);")
     ctx.note("quantize int8")
 
 
@@ -222,7 +228,58 @@ def quant_weight(value: Value) -> QuantType:
 
 
 def emit_qlinear(ctx: KernelContext) -> None:
-    """x @ Wᵀ + b: shift x to int16 (scratch), one int16 GEMM with fused requantization."""
+    """x @ Wᵀ + b as a VNNI 1x1 convolution over the rows (`emit_qvnni`), with the int16 GEMM
+    of `_qlinear_int16` as the fallback (or the only path: weights with zero points)."""
+    op = ctx.op
+    n, k = op.operands[1].type.shape
+    m = op.operands[0].type.numel // k
+    need = -(-m * _int16_ld(n, k) // 2)
+    conv = emit_qvnni.plan(op)
+    if conv is None:
+        _qlinear_int16(ctx, ctx.scratch(need))
+        ctx.note(f"qlinear int16 {'packed ' if n >= 4 else ''}gemm")
+        return
+    scratch = ctx.scratch(max(need, conv.scratch_floats()))
+    x, y = op.operands[0], op.results[0]
+    zx = emit_qvnni.input_zero_point(ctx)
+    ctx.w.line("#if KILN_QVNNI")
+    weights = _vnni_weights(ctx, conv, zx)
+    emit_qvnni.emit_scratch(ctx, conv, scratch)
+    ctx.w.line(f"kiln_qpack_rows({ctx.ref(x)}, {_unsigned(x)}, {zx}, {m}, {k}, P);")
+    ctx.w.line(f"kiln_qconv_vnni(&geo, tiles, ntiles, P, {k}, {n}, {weights}, &rq, 0, "
+               f"{ctx.ref(y)}, {n}L, 1L);")
+    ctx.w.line("#else")
+    _qlinear_int16(ctx, scratch)
+    ctx.w.line("#endif")
+    ctx.note("qlinear vnni gemm (int16 fallback)")
+
+
+def _int16_ld(n: int, k: int) -> int:
+    """The int16 GEMM's activation row stride (`Gemm.ld`)."""
+    return k + k % 2 if n >= 4 else k
+
+
+def _vnni_weights(ctx: KernelContext, conv: emit_qvnni.VnniConv, zx: int) -> str:
+    """Declares the packed int8 weights and `rq` (with the folded bias); returns the weights'
+    name."""
+    op = ctx.op
+    data = ctx.constant_array(op.operands[1])
+    if data is None:
+        raise op.error("the int8 cpu kernels need constant weights")
+    bias = None
+    if len(op.operands) == 3:
+        bias = ctx.constant_array(op.operands[2])
+        if bias is None:
+            raise op.error("the int8 cpu kernels need a constant bias")
+    assert isinstance(op.kind, RequantOp)
+    name = _array(ctx, "int32_t", "wv", emit_qvnni.packed_weights(conv, data))
+    folded = _array(ctx, "int32_t", "bias", emit_qvnni.folded_bias(conv, data, bias, zx))
+    _requant(ctx, op.kind, folded, conv.groups * conv.cout)
+    return name
+
+
+def _qlinear_int16(ctx: KernelContext, scratch: str) -> None:
+    """Shift x to int16 (scratch), one int16 GEMM with fused requantization."""
     op = ctx.op
     assert isinstance(op.kind, QLinear)
     x, y = op.operands[0], op.results[0]
@@ -230,15 +287,74 @@ def emit_qlinear(ctx: KernelContext) -> None:
     m = x.type.numel // k
     gemm, bias = _weights(ctx, 1)
     _requant(ctx, op.kind, bias, n)
-    a = ctx.scratch(-(-m * gemm.ld // 2))
-    ctx.w.line(f"int16_t* A = (int16_t*){a};")
+    ctx.w.line(f"int16_t* A = (int16_t*){scratch};")
     ctx.w.line(f"kiln_qshift({ctx.ref(x)}, {_unsigned(x)}, {quant(x).zero_point[0]}, "
                f"{m}L, {k}, {gemm.ld}, A);")
     ctx.w.line(gemm.call(m, "A", "0", "0", ctx.ref(y), f"{n}L", "1L"))
-    ctx.note(f"qlinear int16 {'packed ' if gemm.packed else ''}gemm")
 
 
 def emit_qconv(ctx: KernelContext) -> None:
+    """The VNNI convolution (`emit_qvnni`: pack each image, direct convolution with fused
+    requantization), with `_qconv_int16` as the fallback (or the only path)."""
+    op = ctx.op
+    spatial = op.operands[0].type.rank - 2
+    title = "qconv1d" if spatial == 1 else "qconv2d"
+    conv = emit_qvnni.plan(op)
+    need = _qconv_int16_scratch(op)
+    if conv is None:
+        _qconv_int16(ctx, ctx.scratch(need))
+        ctx.note(f"{title} im2col+int16 gemm")
+        return
+    scratch = ctx.scratch(max(need, conv.scratch_floats()))
+    ctx.w.line("#if KILN_QVNNI")
+    _qconv_vnni(ctx, conv, scratch)
+    ctx.w.line("#else")
+    _qconv_int16(ctx, scratch)
+    ctx.w.line("#endif")
+    ctx.note(f"{title} vnni {'depthwise' if conv.depthwise else 'direct'} (int16 fallback)")
+
+
+def _qconv_vnni(ctx: KernelContext, conv: emit_qvnni.VnniConv, scratch: str) -> None:
+    """Per image (and group): pack the padded input, convolve, requantize, store NCHW."""
+    op = ctx.op
+    assert isinstance(op.kind, (QConv1d, QConv2d))
+    x, y = op.operands[0], op.results[0]
+    xs, ys = x.type.shape, y.type.shape
+    zx = emit_qvnni.input_zero_point(ctx)
+    weights = _vnni_weights(ctx, conv, zx)
+    emit_qvnni.emit_scratch(ctx, conv, scratch)
+    geo = _conv_geometry(op.kind, x.type.rank - 2).split(", ")
+    pt, pl = geo[2], geo[3]
+    h, w_ = (1 if x.type.rank == 3 else xs[2]), xs[-1]
+    plane, out_plane = h * w_, conv.oh * conv.ow
+    ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
+    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
+    with ctx.w.block(f"for (int b = 0; b < {xs[0]}; ++b)"):
+        if conv.depthwise:
+            ctx.w.line(f"kiln_qpack(X + (long)b * {xs[1] * plane}L, {_unsigned(x)}, {zx}, "
+                       f"{xs[1]}, {h}, {w_}, {pt}, {pl}, &geo, P);")
+            ctx.w.line(f"kiln_qdw_vnni(&geo, tiles, ntiles, P, {xs[1]}, {weights}, &rq, 0, "
+                       f"Y + (long)b * {ys[1] * out_plane}L, 1L, {out_plane}L);")
+            return
+        with ctx.w.block(f"for (int g = 0; g < {conv.groups}; ++g)"):
+            ctx.w.line(f"kiln_qpack(X + ((long)b * {xs[1]} + g * {conv.cin}) * {plane}L, "
+                       f"{_unsigned(x)}, {zx}, {conv.cin}, {h}, {w_}, {pt}, {pl}, &geo, P);")
+            ctx.w.line(f"kiln_qconv_vnni(&geo, tiles, ntiles, P, {conv.cin}, {conv.cout}, "
+                       f"{weights} + (long)g * {emit_qvnni.group_words(conv)}, &rq, "
+                       f"g * {conv.cout}, Y + ((long)b * {ys[1]} + g * {conv.cout}) * "
+                       f"{out_plane}L, 1L, {out_plane}L);")
+
+
+def _qconv_int16_scratch(op: Op) -> int:
+    """Floats of the int16 im2col scratch."""
+    ys, ws = op.results[0].type.shape, op.operands[1].type.shape
+    groups = getattr(op.kind, "groups", 1)
+    k = ws[1] * (ws[2] if len(ws) == 3 else ws[2] * ws[3])
+    pixels = ys[2] * (ys[3] if len(ys) == 4 else 1)
+    return -(-pixels * _int16_ld(ws[0] // groups, k) // 2)
+
+
+def _qconv_int16(ctx: KernelContext, scratch: str) -> None:
     """Per image and group: int16 im2col, then a GEMM storing requantized NCHW results."""
     op = ctx.op
     assert isinstance(op.kind, (QConv1d, QConv2d))
@@ -253,8 +369,7 @@ def emit_qconv(ctx: KernelContext) -> None:
     cin_g, cout_g = xs[1] // groups, ws[0] // groups
     gemm, bias = _weights(ctx, groups)
     _requant(ctx, op.kind, bias, ws[0])
-    col = ctx.scratch(-(-oh * ow * gemm.ld // 2))
-    ctx.w.line(f"int16_t* col = (int16_t*){col};")
+    ctx.w.line(f"int16_t* col = (int16_t*){scratch};")
     ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
     ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
     with ctx.w.block(f"for (int b = 0; b < {xs[0]}; ++b)"), \
@@ -264,8 +379,6 @@ def emit_qconv(ctx: KernelContext) -> None:
                    f"{kw}, {geo}, {oh}, {ow}, {gemm.ld}, col);")
         out = f"Y + ((long)b * {ys[1]} + g * {cout_g}) * {oh * ow}L"
         ctx.w.line(gemm.call(oh * ow, "col", "g", f"g * {cout_g}", out, "1L", f"{oh * ow}L"))
-    ctx.note(f"q{'conv1d' if spatial == 1 else 'conv2d'} im2col+int16 "
-             f"{'packed ' if gemm.packed else ''}gemm")
 
 
 def _conv_geometry(kind: QConv1d | QConv2d, spatial: int) -> str:

@@ -231,6 +231,18 @@ class SparseConvAnchor(_SparseMixin, ConvAnchor):
             self.ld = -(-self.p // half) * half
             self.col = ctx.scratch(self.k * self.ld)
 
+    def scratch_per_thread(self) -> int:
+        return 0 if self.use_sparse else super().scratch_per_thread()
+
+    def prologue(self, bvars: dict[int, str]) -> None:
+        if not self.use_sparse:
+            super().prologue(bvars)
+        elif self.direct:
+            self.b = self.image(bvars)
+        else:
+            self.ctx.w.line(f"kiln_im2col({self.image(bvars)}, &shape, {self.col}, {self.ld});")
+            self.b = self.col
+
     def block(self, bvars: dict[int, str], blk: Block, dst: str, ldd: int, lo: str,
               hi: str) -> None:
         if not self.use_sparse:

@@ -37,15 +37,18 @@ from kiln.codegen.c.kernels import ALIASES, STRUCTURAL, check_supported, kernel_
 from kiln.codegen.c.options import CONST_WEIGHTS_LIMIT, COptions
 from kiln.codegen.c.params import HEADER_BYTES, MAGIC, ParamTable, checksum
 from kiln.codegen.c.templates import example_c, makefile, model_h
-from kiln.codegen.memory import MemoryPlan, PlanRules, Storage, plan_memory
+from kiln.codegen.memory import MemoryPlan, PlanRules, Storage, plan_memory, value_nbytes
 from kiln.codegen.names import Namer, c_prefix, comment
 from kiln.codegen.writer import CodeWriter
 from kiln.ir.graph import Func, Module, Op, Value
 
 RUNTIME_HEADERS = ("kiln_runtime.h", "kiln_vec.h", "kiln_math.h", "kiln_gemm.h", "kiln_conv.h",
-                   "kiln_pool.h", "kiln_norm.h", "kiln_qgemm.h", "kiln_sparse.h")
-RUNTIME_SOURCES = ("kiln_gemm.c", "kiln_conv.c", "kiln_pool.c", "kiln_norm.c", "kiln_qgemm.c",
-                   "kiln_sparse.c", "kiln_runtime.c")
+                   "kiln_conv_gemm.h",
+                   "kiln_dwconv.h", "kiln_pool.h", "kiln_norm.h", "kiln_qgemm.h", "kiln_qmatmul.h",
+                   "kiln_sparse.h", "kiln_qvnni.h")
+RUNTIME_SOURCES = ("kiln_gemm.c", "kiln_conv.c", "kiln_conv_gemm.c", "kiln_dwconv.c",
+                   "kiln_pool.c", "kiln_norm.c", "kiln_qvnni.c",
+                   "kiln_qgemm.c", "kiln_qmatmul.c", "kiln_sparse.c", "kiln_runtime.c")
 """The runtime's compiled part: built once per machine and flags, linked with every model."""
 CFLAGS = ("-std=c99", "-O3", "-ffp-contract=fast", "-fno-math-errno")
 """Flags the generated code is written for (plus `-march=...`; `-fopenmp` with threads)."""
@@ -140,7 +143,7 @@ class _Lowering:
                         for op in self.func.ops if _is_code(op)]
         by_op = {k.op: k for k in self.kernels}
         rules = PlanRules(
-            nbytes=lambda v: 4 * v.type.numel,
+            nbytes=value_nbytes,
             alias=lambda op: 0 if op.isa(ALIASES) else None,
             inplace=lambda op, i: by_op[op].inplace.get(i, ()) if op in by_op else (),
             scratch=lambda op: 4 * by_op[op].scratch_floats if op in by_op else 0)

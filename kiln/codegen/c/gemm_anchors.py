@@ -5,15 +5,17 @@ is N × Cout × (OH·OW), a linear layer's is 1 × (leading dims) × out_feature
 is (batch dims) × M × N. Blocks run over columns (convolutions: all output channels of a slab
 of pixels) or rows (linear/matmul: a slab of rows, all outputs), so the block in the epilogue
 tile is small enough to stay in cache. An anchor emits its kernel in three steps: `setup` (once:
-packed weights, shapes), `prologue` (per batch index: im2col), `block` (one block into `dst`).
+packed weights, shapes), `prologue` (per batch index: the image, padded if need be), `block`
+(one block into `dst`).
 
 How each op computes (chosen by shape):
 
-- conv (groups = 1): implicit GEMM, packed weights as A (MR-row panels) × im2col of the image
-  as B; a 1×1, stride-1, unpadded conv skips im2col (the image already is B).
-- depthwise conv (groups = C = Cout), and grouped convs with few taps (≤ 32 per output):
-  direct, `kiln_conv2d_direct`, blocks of output channels (stride 1 over a padded grid).
-- grouped conv: one block per group: im2col of the group's channels × its packed weights.
+- conv (groups = 1): implicit GEMM, packed weights as A (MR-row panels) × the image's
+  receptive fields, gathered panel by panel (NR pixels × a block of K) into an L1-sized packed
+  B (`kiln_conv_gemm`): no im2col buffer, every gathered value used by all output channels.
+- depthwise conv (groups = C = Cout), and convs with few taps (≤ 32 per output, not 1×1):
+  direct, `kiln_dwconv`, blocks of output channels over zero-padded lines.
+- grouped conv: one block per group: `kiln_conv_gemm` of the group's channels × its weights.
 - conv_transpose2d: direct gather, one block (`kiln_conv_transpose2d`).
 - linear: x (strided A) × packed weight (NR-column panels as B), bias per column.
 - matmul: strided A × strided B per batch index (broadcast batch dims read at stride 0).
@@ -26,17 +28,17 @@ from dataclasses import dataclass
 
 from kiln.codegen.c.context import KernelContext
 from kiln.codegen.c.expr import c_diff, c_product, c_ptr, c_sum, contiguous_strides
-from kiln.codegen.c.packing import pack_groups, pack_panels, panels
-from kiln.ir.graph import Op
+from kiln.codegen.c.packing import CONV_PANEL_FLOATS, pack_groups, pack_panels, panels
+from kiln.ir.graph import Op, Value
 from kiln.ir.ops.nn_conv import Conv1d, Conv2d, ConvTranspose2d, Linear, MatMul
 
 Shape = tuple[int, ...]
 
 DIRECT_MAX_TAPS = 32
-"""A grouped convolution with at most this many taps per output (Cin/groups × KH × KW) runs
-directly, like a depthwise one: its per-group GEMMs would be slivers. (Measured here: with
-groups = 1, im2col + GEMM beats the direct kernel even on a first layer with 9-27 taps, so
-those always take the GEMM.)"""
+"""A convolution with at most this many taps per output (Cin/groups × KH × KW) runs directly
+(`kiln_dwconv`), like a depthwise one: its GEMMs would be slivers. With groups = 1 only when
+the kernel is wider than 1×1 (a first layer: LeNet's conv1 with 25 taps took 17 µs as
+im2col + GEMM, 5 µs direct); a 1×1 conv with few input channels stays a plain GEMM."""
 
 
 @dataclass(frozen=True)
@@ -153,54 +155,100 @@ class _ConvBase(Anchor):
 
 
 class ConvAnchor(_ConvBase):
-    """groups = 1: implicit GEMM (im2col unless 1×1/stride 1/no padding)."""
+    """groups = 1: implicit GEMM, `kiln_conv_gemm` (B packed on the fly, panel by panel)."""
 
     def setup(self) -> None:
         geo, ctx = self.geometry(), self.ctx
         cout = self.view.shape[1]
         self.k = geo["C"] * geo["KH"] * geo["KW"]
-        self.p = geo["OH"] * geo["OW"]
-        self.direct = (geo["KH"], geo["KW"], geo["sh"], geo["sw"], geo["pt"], geo["pl"]) == (
+        self.a = packed_weight(ctx, self.op.operands[1], cout, self.k, 1)
+        self.kc = conv_kc(self.k, ctx.options.nr)
+        self.declare_shape()
+        self.padded = padded_scratch(ctx, geo, geo["C"])
+        pointwise = (geo["KH"], geo["KW"], geo["sh"], geo["sw"], geo["pt"], geo["pl"]) == (
             1, 1, 1, 1, 0, 0) and self.op.operands[0].type.shape[2:] == self.view.shape[2:]
-        mr, k = ctx.options.mr, self.k
-        packed = ctx.packed(self.op.operands[1], f"pa{mr}",
-                            lambda a: pack_panels(a.reshape(cout, k), mr))
-        self.a = packed or ctx.ref(self.op.operands[1])
-        self.a_packed = int(packed is not None)
-        self.ld = self.p
-        if not self.direct:  # im2col rows padded to whole GEMM vectors: no scalar tail
-            self.declare_shape()
-            half = ctx.options.nr // 2
-            self.ld = -(-self.p // half) * half
-            self.col = ctx.scratch(self.k * self.ld)
-        ctx.note("conv 1x1 gemm" if self.direct else "conv im2col+gemm")
+        ctx.note("conv 1x1 gemm" if pointwise else "conv implicit gemm")
+
+    def scratch_per_thread(self) -> int:
+        return self.kc * self.ctx.options.nr
 
     def prologue(self, bvars: dict[int, str]) -> None:
-        if self.direct:
-            self.b = self.image(bvars)
-            return
-        self.ctx.w.line(f"kiln_im2col({self.image(bvars)}, &shape, {self.col}, {self.ld});")
-        self.b = self.col
+        self.x = pad_image(self.ctx, self.image(bvars), self.padded, self.geometry()["C"])
 
     def block(self, bvars: dict[int, str], blk: Block, dst: str, ldd: int, lo: str,
               hi: str) -> None:
-        cout = self.view.shape[1]
-        n = c_diff(blk.c1, blk.c0)
-        self.gemm({"M": cout, "N": n, "K": self.k, "A": self.a, "lda": self.k,
-                   "a_packed": self.a_packed, "B": c_ptr(self.b, blk.c0), "ldb": self.ld,
-                   "b_packed": 0, "b_padded": int(not self.direct), "C": dst, "ldc": ldd,
-                   "bias_row": self.bias(),
-                   "bias_col": "NULL", "lo": lo, "hi": hi}, str(cout), n)
+        self.ctx.w.line(f"kiln_conv_gemm({self.x}, &shape, {self.a}, {self.view.shape[1]}, "
+                        f"{self.bias()}, {dst}, {ldd}, {blk.c0}, {blk.c1}, {lo}, {hi}, "
+                        f"{self.kc}, {self.thread_scratch});")
+
+
+def packed_weight(ctx: KernelContext, weight: Value, cout: int, k: int, groups: int) -> str:
+    """The (Cout, K) conv weight in MR-row panels (each group's rows on their own): packed at
+    build time when it is a parameter, else once per call into scratch."""
+    mr = ctx.options.mr
+    packed = ctx.packed(weight, f"pg{mr}" if groups > 1 else f"pa{mr}",
+                        lambda a: pack_groups(a.reshape(cout, k), groups, mr))
+    if packed is not None:
+        return packed
+    per = cout // groups
+    step = panels(per, mr) * mr * k
+    packed = ctx.scratch(step * groups)
+    src = ctx.ref(weight)
+    for g in range(groups):
+        ctx.w.line(f"kiln_pack_panels({c_ptr(src, g * per * k)}, {per}, {k}, {mr}, "
+                   f"{c_ptr(packed, g * step)});")
+    return packed
+
+
+def padded_dims(geo: dict[str, int]) -> tuple[int, int]:
+    """Rows and columns per channel of the zero-padded image the implicit-GEMM gather reads:
+    `KILN_CG_HP` and `KILN_CG_WP` of kiln_conv_gemm.h (the image plus every row and column
+    a tap reaches)."""
+    def span(o: str, st: str, k: str, d: str) -> int:
+        return (geo[o] - 1) * geo[st] + (geo[k] - 1) * geo[d] + 1
+
+    return (max(geo["H"] + geo["pt"], span("OH", "sh", "KH", "dh")),
+            max(geo["W"] + geo["pl"], span("OW", "sw", "KW", "dw")))
+
+
+def padded_scratch(ctx: KernelContext, geo: dict[str, int], channels: int) -> str | None:
+    """Scratch for the padded image (`padded_dims`), or None when the image needs none."""
+    hp, wp = padded_dims(geo)
+    if (hp, wp, geo["pt"], geo["pl"]) == (geo["H"], geo["W"], 0, 0):
+        return None
+    return ctx.scratch(channels * hp * wp)
+
+
+def pad_image(ctx: KernelContext, image: str, padded: str | None, channels: int) -> str:
+    """The image the gather reads: `padded` filled from `image` (once per batch index)."""
+    if padded is None:
+        return image
+    ctx.w.line(f"kiln_conv_gemm_pad({image}, &shape, {channels}, {padded});")
+    return padded
+
+
+def conv_kc(k: int, nr: int) -> int:
+    """Rows of K per packed B panel: all of K when the kc × NR panel fits CONV_PANEL_FLOATS,
+    else K split evenly into the fewest blocks that do (each block reloads the C tile)."""
+    most = max(1, CONV_PANEL_FLOATS // nr)
+    blocks = -(-k // most)
+    return -(-k // blocks)
 
 
 class DirectConvAnchor(_ConvBase):
-    """Depthwise convolutions and layers with few taps per output: `kiln_conv2d_direct`,
-    blocks of output channels; with stride 1 over a zero-padded copy of the image (one long
-    vector sweep per tap)."""
+    """Depthwise convolutions and layers with few taps per output: `kiln_dwconv`, blocks of
+    output channels, each group's input channels copied once into zero-padded lines (per
+    thread, in L1) so every tap is one vector load; bias and clamp on store."""
 
     def make_view(self) -> GemmView:
         shape = self.op.results[0].type.shape
         return GemmView(shape, (0,), (1,), tuple(range(2, len(shape))), by_rows=True)
+
+    @staticmethod
+    def scratch_floats(geo: dict[str, int], cin_g: int) -> int:
+        """KILN_DW_SCRATCH (kiln_dwconv.h): the padded lines of one group's input channels."""
+        phase = -(-geo["OW"] // 16) * 16 + (geo["KW"] - 1) * geo["dw"] // geo["sw"] + 1
+        return (cin_g * geo["H"] + 1 + geo["H"]) * geo["sw"] * phase + 32
 
     def setup(self) -> None:
         self.declare_shape()
@@ -208,35 +256,30 @@ class DirectConvAnchor(_ConvBase):
         assert isinstance(kind, (Conv1d, Conv2d))
         self.groups = kind.groups
         geo = self.geometry()
+        self.lines = self.scratch_floats(geo, geo["C"] // self.groups)
+        self.wide = geo["sw"] > 4  # past KILN_DW_MAX_STRIDE: the plain row loops
         depthwise = self.groups == self.view.shape[1] == geo["C"]
-        self.flat = geo["sh"] == geo["sw"] == 1
-        if self.flat:
-            pitch = geo["OW"] + (geo["KW"] - 1) * geo["dw"]
-            rows = geo["OH"] + (geo["KH"] - 1) * geo["dh"]
-            self.padded = self.ctx.scratch(geo["C"] * (rows + 1) * pitch)
-            self.acc = geo["OH"] * pitch
-        self.ctx.note(("depthwise conv direct" if depthwise else "conv direct")
-                      + (" (padded grid)" if self.flat else ""))
+        self.ctx.note("depthwise conv direct" if depthwise else "conv direct")
 
     def scratch_per_thread(self) -> int:
-        return self.acc if self.flat else 0
+        return 0 if self.wide else self.lines
 
     def prologue(self, bvars: dict[int, str]) -> None:
         self.x = self.image(bvars)
-        if self.flat:
-            self.ctx.w.line(f"kiln_conv_pad({self.x}, &shape, {self.padded});")
 
     def block(self, bvars: dict[int, str], blk: Block, dst: str, ldd: int, lo: str,
               hi: str) -> None:
         weight = self.ctx.ref(self.op.operands[1])
-        padded, acc = (self.padded, self.thread_scratch) if self.flat else ("NULL", "NULL")
-        self.ctx.w.line(f"kiln_conv2d_direct({self.x}, {padded}, {weight}, {self.bias()}, "
-                        f"{dst}, {blk.r0}, {blk.r1}, {self.view.shape[1]}, {self.groups}, "
-                        f"&shape, {lo}, {hi}, {acc});")
+        common = (f"{self.bias()}, {dst}, {blk.r0}, {blk.r1}, {self.view.shape[1]}, "
+                  f"{self.groups}, &shape, {lo}, {hi}")
+        if self.wide:
+            self.ctx.w.line(f"kiln_conv2d_direct({self.x}, NULL, {weight}, {common}, NULL);")
+            return
+        self.ctx.w.line(f"kiln_dwconv({self.x}, {weight}, {common}, {self.thread_scratch});")
 
 
 class GroupedConvAnchor(_ConvBase):
-    """1 < groups < C: per group, im2col of its channels × its packed weights."""
+    """1 < groups < C: per group, `kiln_conv_gemm` over its channels and packed weights."""
 
     def make_view(self) -> GemmView:
         shape = self.op.results[0].type.shape
@@ -251,38 +294,31 @@ class GroupedConvAnchor(_ConvBase):
         self.fixed_block = self.cout_g
         self.k = self.cin_g * geo["KH"] * geo["KW"]
         self.p = geo["OH"] * geo["OW"]
-        half = ctx.options.nr // 2
-        self.ld = -(-self.p // half) * half
-        mr, k, g = ctx.options.mr, self.k, self.groups
-        packed = ctx.packed(self.op.operands[1], f"pg{mr}",
-                            lambda a: pack_groups(a.reshape(cout, k), g, mr))
-        self.a = packed or ctx.ref(self.op.operands[1])
-        self.a_packed = int(packed is not None)
+        self.kc = conv_kc(self.k, ctx.options.nr)
+        self.a = packed_weight(ctx, self.op.operands[1], cout, self.k, self.groups)
         self.declare_shape(self.cin_g)
-        ctx.note(f"grouped conv im2col+gemm ({g} groups)")
+        self.padded = padded_scratch(ctx, geo, geo["C"])
+        ctx.note(f"grouped conv implicit gemm ({self.groups} groups)")
 
     def scratch_per_thread(self) -> int:
-        return self.k * self.ld
+        return self.kc * self.ctx.options.nr
 
     def prologue(self, bvars: dict[int, str]) -> None:
-        self.x = self.image(bvars)
+        self.x = pad_image(self.ctx, self.image(bvars), self.padded, self.geometry()["C"])
 
     def block(self, bvars: dict[int, str], blk: Block, dst: str, ldd: int, lo: str,
               hi: str) -> None:
         geo = self.geometry()
-        plane = self.cin_g * geo["H"] * geo["W"]
-        col = self.thread_scratch
+        hp, wp = (geo["H"], geo["W"]) if self.padded is None else padded_dims(geo)
+        plane = self.cin_g * hp * wp
         image = c_ptr(self.x, c_product(blk.index, plane))
-        self.ctx.w.line(f"kiln_im2col({image}, &shape, {col}, {self.ld});")
         a_step = panels(self.cout_g, self.ctx.options.mr) * self.ctx.options.mr * self.k
-        a_step = a_step if self.a_packed else self.cout_g * self.k
         bias = self.bias()
         bias = bias if bias == "NULL" else c_ptr(bias, blk.r0)
-        self.gemm({"M": self.cout_g, "N": self.p, "K": self.k,
-                   "A": c_ptr(self.a, c_product(blk.index, a_step)), "lda": self.k,
-                   "a_packed": self.a_packed, "B": col, "ldb": self.ld, "b_packed": 0,
-                   "b_padded": 1, "C": dst, "ldc": ldd, "bias_row": bias, "bias_col": "NULL",
-                   "lo": lo, "hi": hi}, str(self.cout_g), str(self.p))
+        self.ctx.w.line(f"kiln_conv_gemm({image}, &shape, "
+                        f"{c_ptr(self.a, c_product(blk.index, a_step))}, {self.cout_g}, "
+                        f"{bias}, {dst}, {ldd}, 0, {self.p}, {lo}, {hi}, {self.kc}, "
+                        f"{self.thread_scratch});")
 
 
 class ConvTransposeAnchor(_ConvBase):
@@ -400,7 +436,8 @@ def anchor_class(op: Op) -> type[Anchor] | None:
         groups = kind.groups
         channels, cout = op.operands[0].type.shape[1], op.results[0].type.shape[1]
         taps = math.prod(op.operands[1].type.shape[1:])
-        if groups == channels == cout or (groups > 1 and taps <= DIRECT_MAX_TAPS):
+        spatial = math.prod(op.operands[1].type.shape[2:]) > 1
+        if groups == channels == cout or (taps <= DIRECT_MAX_TAPS and (groups > 1 or spatial)):
             return DirectConvAnchor
         return ConvAnchor if groups == 1 else GroupedConvAnchor
     if isinstance(kind, ConvTranspose2d):

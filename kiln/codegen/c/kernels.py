@@ -17,6 +17,8 @@ from kiln.codegen.c.emit_eltwise import emit_pointwise
 from kiln.codegen.c.emit_fused import emit_fused
 from kiln.codegen.c.emit_gemm import emit_gemm_op
 from kiln.codegen.c.emit_pool import emit_pool
+from kiln.codegen.c.emit_qmatmul import QMATMUL_KERNELS, qmatmul_problem
+from kiln.codegen.c.emit_qmove import QMOVE_OPS, or_qmove, qmove_problem
 from kiln.codegen.c.emit_qnn import (
     QNN_KERNELS,
     emit_qmax_pool,
@@ -29,7 +31,7 @@ from kiln.codegen.c.emit_shape import emit_concat, emit_pad, emit_slice, emit_sp
 from kiln.codegen.c.expr import _FIXED, _PARAMETRIC
 from kiln.errors import Diagnostic, UnsupportedOpError
 from kiln.ir.graph import Module, Op
-from kiln.ir.ops import layout, lut
+from kiln.ir.ops import fixed_norm, layout, lut
 from kiln.ir.ops.base import OpDef, all_ops
 from kiln.ir.ops.core import Cast, Constant, Return, Weight, Yield
 from kiln.ir.ops.fused import Fused
@@ -71,8 +73,9 @@ KERNELS: dict[type[OpDef], Emitter] = {
     MaxPool1d: int8_or(emit_pool, emit_qmax_pool), MaxPool2d: int8_or(emit_pool, emit_qmax_pool),
     AvgPool1d: emit_pool, AvgPool2d: emit_pool,
     AdaptiveAvgPool1d: emit_pool, AdaptiveAvgPool2d: emit_pool,
-    Transpose: emit_transpose, Slice: emit_slice, Concat: emit_concat, Split: emit_split,
-    Pad: emit_pad, Fused: emit_fused, **QNN_KERNELS,
+    Transpose: or_qmove(emit_transpose), Slice: or_qmove(emit_slice),
+    Concat: or_qmove(emit_concat), Split: or_qmove(emit_split),
+    Pad: emit_pad, Fused: emit_fused, **QNN_KERNELS, **QMATMUL_KERNELS,
 }
 
 ALIASES: tuple[type[OpDef], ...] = (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout,
@@ -84,7 +87,8 @@ STRUCTURAL: tuple[type[OpDef], ...] = (Weight, Constant, Return, Yield)
 _NHWC = ("the cpu target computes convolutions and pools in NCHW; leave the layout pass out "
          "of the pipeline (or run layout{to=nchw})")
 _INT8 = ("this int8 op has no kernel for the cpu target yet (quantize, dequantize, qconv1d/2d, "
-         "qlinear, qadd, qrescale, qreduce_mean and int8 max pooling do)")
+         "qlinear, qmatmul, qadd, qrescale, qreduce_mean, int8 max pooling and int8 "
+         "transpose/slice/concat/split do)")
 INT8_FAMILIES = ("kiln.ir.ops.quant", "kiln.ir.ops.qnn", "kiln.ir.ops.qnn_pool",
                  "kiln.ir.ops.sparse")
 """Op families (modules) of quantized and sparse ops: refused until their kernels exist."""
@@ -94,11 +98,20 @@ REJECTED: dict[type[OpDef], str] = {
     **{cls: "a fixed-point FPGA activation (kiln.ir.ops.lut): compile for target='fpga', or "
             "leave the fixed-activations pass out" for cls in (lut.FixedActivation,
                                                                lut.LutSoftmax)},
+    **{cls: "a fixed-point FPGA op (kiln.ir.ops.fixed_norm): compile for target='fpga', or "
+            "leave the fixed-transformer pass out" for cls in (fixed_norm.FixedLayerNorm,
+                                                               fixed_norm.FixedGelu)},
     **{cls: _INT8 for cls in all_ops().values()
-       if cls.__module__ in INT8_FAMILIES and cls not in QNN_KERNELS},
+       if cls.__module__ in INT8_FAMILIES and cls not in QNN_KERNELS
+       and cls not in QMATMUL_KERNELS},
 }
-INT8_CAPABLE: tuple[type[OpDef], ...] = (*QNN_KERNELS, MaxPool1d, MaxPool2d)
+INT8_CAPABLE: tuple[type[OpDef], ...] = (*QNN_KERNELS, *QMATMUL_KERNELS, *QMOVE_OPS, MaxPool1d,
+                                         MaxPool2d)
 """Ops with a kernel for 8-bit quantized operands (`emit_qnn.int8_problem` says which)."""
+INT8_PROBLEMS: dict[type[OpDef], Callable[[Op], str | None]] = {
+    **{cls: qmatmul_problem for cls in QMATMUL_KERNELS},
+    **{cls: qmove_problem for cls in QMOVE_OPS}}
+"""The int8 ops whose support `emit_qmatmul` / `emit_qmove` check (not `int8_problem`)."""
 
 
 def kernel_for(op: Op) -> Emitter:
@@ -114,7 +127,7 @@ def _diagnose(op: Op) -> Diagnostic | None:
                              "kiln/codegen/c/kernels.py")
     if issubclass(cls, INT8_CAPABLE) and any(
             isinstance(v.type.dtype, QuantType) for v in (*op.operands, *op.results)):
-        problem = int8_problem(op)
+        problem = INT8_PROBLEMS.get(cls, int8_problem)(op)
         return None if problem is None else op.diagnostic("has no int8 C kernel", hint=problem)
     if issubclass(cls, STRUCTURAL) and cls is not Return:
         return None

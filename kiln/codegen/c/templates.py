@@ -26,9 +26,10 @@ CFLAGS = @CFLAGS@
 EXTRA_CFLAGS =
 LDLIBS = -lm
 HEADERS = model.h kiln_config.h kiln_runtime.h kiln_vec.h kiln_math.h kiln_gemm.h kiln_conv.h \\
-	kiln_pool.h kiln_norm.h kiln_qgemm.h kiln_sparse.h
-SOURCES = model.c kiln_gemm.c kiln_conv.c kiln_pool.c kiln_norm.c kiln_qgemm.c kiln_sparse.c \\
-	kiln_runtime.c
+	kiln_conv_gemm.h kiln_dwconv.h kiln_pool.h kiln_norm.h kiln_qgemm.h kiln_qmatmul.h \\
+	kiln_qvnni.h kiln_sparse.h
+SOURCES = model.c kiln_gemm.c kiln_conv.c kiln_conv_gemm.c kiln_dwconv.c kiln_pool.c kiln_norm.c \\
+	kiln_qgemm.c kiln_qvnni.c kiln_qmatmul.c kiln_sparse.c kiln_runtime.c
 OBJECTS = $(SOURCES:.c=.o)
 
 all: example libmodel.a

@@ -104,10 +104,77 @@ static void kiln_tile_scalar(int mr, int nc, int K, const float* a, ptrdiff_t rs
     for (int r = 0; r < mr; ++r)
         for (int j = 0; j < nc; ++j) {
             float s = 0.0f;
-            for (int k = 0; k < K; ++k) s += a[r * rs_a + (ptrdiff_t)k * cs_a] * b[(ptrdiff_t)k * ldb + j];
+            for (int k = 0; k < K; ++k)
+                s += a[r * rs_a + (ptrdiff_t)k * cs_a] * b[(ptrdiff_t)k * ldb + j];
             s += (br ? br[r] : 0.0f) + (bc ? bc[j] : 0.0f);
             c[(ptrdiff_t)r * ldc + j] = s < lo ? lo : (s > hi ? hi : s);
         }
+}
+
+/* One tile of packed A (`mr` rows, MR floats per k) times a packed B panel `nv` GEMM vectors
+ * wide (rows of nv * GL floats): every stride is a compile-time constant, so the inner loop
+ * is one broadcast load of A per row and nv FMAs with B in registers. `load_c` adds to the
+ * tile already in C (a later block of K); only `nc` <= nv * GL columns of C are touched. */
+KILN_INLINE void kiln_tile_pp(const int mr, const int nv, int K, const float* a,
+                              const float* b, float* c, ptrdiff_t ldc, int nc, int load_c,
+                              const float* bias_row, float lo, float hi) {
+    kiln_gv acc[8][2];
+    const int width = nv * KILN_GL, full = nc == width;
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; ++r) {
+        acc[r][0] = acc[r][1] = (kiln_gv){0};
+        if (load_c) {
+            float tmp[KILN_NR] = {0};
+            const float* cr = c + (ptrdiff_t)r * ldc;
+            const float* src = full ? cr : tmp;
+            if (!full)
+                for (int j = 0; j < nc; ++j) tmp[j] = cr[j];
+            for (int v = 0; v < nv; ++v) acc[r][v] = kiln_gload(src + v * KILN_GL);
+        }
+    }
+    for (int k = 0; k < K; ++k) {
+        kiln_gv b0 = kiln_gload(b + k * width);
+        kiln_gv b1 = nv > 1 ? kiln_gload(b + k * width + KILN_GL) : b0;
+        const float* ak = a + k * KILN_MR;
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; ++r) {
+            acc[r][0] += ak[r] * b0;
+            if (nv > 1) acc[r][1] += ak[r] * b1;
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; ++r) {
+        float* cr = c + (ptrdiff_t)r * ldc;
+        float br = bias_row ? bias_row[r] : 0.0f, tmp[KILN_NR];
+        for (int v = 0; v < nv; ++v)
+            kiln_gstore(full ? cr + v * KILN_GL : tmp + v * KILN_GL,
+                        kiln_gclamp(acc[r][v] + br, lo, hi));
+        if (!full)
+            for (int j = 0; j < nc; ++j) cr[j] = tmp[j];
+    }
+}
+
+#define KILN_TILE_PP_CASE(R)                                                                 \
+    case R:                                                                                  \
+        if (nv == 2) kiln_tile_pp(R, 2, kc, a, bp, c, ldc, nc, load_c, br, lo, hi);        \
+        else kiln_tile_pp(R, 1, kc, a, bp, c, ldc, nc, load_c, br, lo, hi);                \
+        break;
+
+void kiln_sgemm_bpanel(const float* A, int M, int K, int k0, int kc, const float* bp, float* C,
+                       ptrdiff_t ldc, int nc, int load_c, const float* bias_row, float lo,
+                       float hi) {
+    const int nv = nc > KILN_GL ? 2 : 1;
+    for (int i = 0; i < M; i += KILN_MR) {
+        const float* a = A + ((size_t)(i / KILN_MR) * K + k0) * KILN_MR;
+        const float* br = bias_row ? bias_row + i : NULL;
+        float* c = C + (ptrdiff_t)i * ldc;
+        switch (kiln_imin(KILN_MR, M - i)) {
+            KILN_TILE_PP_CASE(1) KILN_TILE_PP_CASE(2) KILN_TILE_PP_CASE(3)
+            KILN_TILE_PP_CASE(4) KILN_TILE_PP_CASE(5) KILN_TILE_PP_CASE(6)
+            KILN_TILE_PP_CASE(7) KILN_TILE_PP_CASE(8)
+            default: break;
+        }
+    }
 }
 
 void kiln_sgemm(const kiln_gemm_args* g, int m0, int m1, int n0, int n1) {

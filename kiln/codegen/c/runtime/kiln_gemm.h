@@ -66,4 +66,16 @@ void kiln_pack_panels(const float* src, int rows, int K, int width, float* dst);
  * packed B, n0 is a multiple of KILN_NR. */
 void kiln_sgemm(const kiln_gemm_args* g, int m0, int m1, int n0, int n1);
 
+/* All rows of a packed A (M rows, K per row: MR-row panels as above) over k in [k0, k0+kc),
+ * times one packed B panel `bp` (kc rows, k-major, zero past `nc`) into C[0:M, 0:nc]: the
+ * inner step of a GEMM whose B is packed on the fly (kiln_conv_gemm.h). The panel's rows are
+ * KILN_GEMM_PANEL(nc) floats: NR, or NR/2 for a narrow last panel (nc <= NR/2), which then
+ * costs half the FMAs. `load_c` accumulates onto C (a later block of K); bias_row (NULL:
+ * none) is added and the result clamped to [lo, hi] as the tile is stored — give them only
+ * with the last block. */
+#define KILN_GEMM_PANEL(nc) ((nc) > KILN_NR / 2 ? KILN_NR : KILN_NR / 2)
+void kiln_sgemm_bpanel(const float* A, int M, int K, int k0, int kc, const float* bp, float* C,
+                       ptrdiff_t ldc, int nc, int load_c, const float* bias_row, float lo,
+                       float hi);
+
 #endif /* KILN_GEMM_H */

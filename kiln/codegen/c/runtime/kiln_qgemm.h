@@ -48,4 +48,6 @@ void kiln_qgemm(int M, int N, int K, const int16_t* A, int lda, const int16_t* B
 void kiln_qgemm_packed(int M, int N, int Kp, const int16_t* A, const int16_t* B,
                        const kiln_requant* rq, int ch0, void* out, long rs, long cs);
 
+#include "kiln_qvnni.h"
+
 #endif

@@ -18,9 +18,12 @@
 #include "kiln_math.h"
 #include "kiln_gemm.h"
 #include "kiln_conv.h"
+#include "kiln_conv_gemm.h"
+#include "kiln_dwconv.h"
 #include "kiln_pool.h"
 #include "kiln_norm.h"
 #include "kiln_qgemm.h"
+#include "kiln_qmatmul.h"
 #include "kiln_sparse.h"
 
 /* sum_i word_i * (2i + 1) mod 2^64 over the little-endian 64-bit words of a weights payload:

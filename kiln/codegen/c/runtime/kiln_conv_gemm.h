@@ -1,0 +1,46 @@
+/* kiln runtime: convolution as an implicit GEMM with B packed on the fly.
+ *
+ *   y[m][p] = clamp(sum_k A(m, k) col(k, p) + bias[m], lo, hi)
+ *
+ * where col is the im2col matrix of one image (k = (c*KH + ky)*KW + kx, p = oy*OW + ox; see
+ * kiln_im2col) and A the (M x K) weight packed in MR-row panels (kiln_gemm.h). The im2col
+ * matrix is never built: for each NR-pixel panel and each block of `kc` rows of K, the
+ * receptive fields are gathered into a small k-major panel (kc x NR floats, sized by kiln's
+ * code generator to stay in L1), and every MR-panel of A runs over it, so B comes from L1
+ * and each gathered value is used M times before it is evicted. Each panel row is one copy
+ * per output row the panel spans (one copy in all for a 1x1, stride-1, unpadded layer),
+ * strided with stride > 1, from the image zero-padded once up front (no bounds checks).
+ */
+#ifndef KILN_CONV_GEMM_H
+#define KILN_CONV_GEMM_H
+
+#include "kiln_conv.h"
+#include "kiln_gemm.h"
+
+/* The gather reads the image zero-padded to KILN_CG_HP x KILN_CG_WP per channel (pt rows on
+ * top, pl columns on the left, as many at the bottom/right as the last taps reach), so it
+ * needs no bounds checks: `kiln_conv_gemm_pad` makes that copy of `channels` channels, once
+ * per image. When KILN_CG_PADDED(s) is 0 the image itself has that shape and is read as is. */
+#define KILN_CG_SPAN(o, st, k, d) (((o) - 1) * (st) + ((k) - 1) * (d) + 1)
+#define KILN_CG_HP(s) \
+    kiln_imax((s)->H + (s)->pt, KILN_CG_SPAN((s)->OH, (s)->sh, (s)->KH, (s)->dh))
+#define KILN_CG_WP(s) \
+    kiln_imax((s)->W + (s)->pl, KILN_CG_SPAN((s)->OW, (s)->sw, (s)->KW, (s)->dw))
+#define KILN_CG_PADDED(s) \
+    ((s)->pt || (s)->pl || KILN_CG_HP(s) > (s)->H || KILN_CG_WP(s) > (s)->W)
+void kiln_conv_gemm_pad(const float* x, const kiln_conv_shape* s, int channels, float* xp);
+
+/* Rows [k0, k0+kc) x pixel columns [j, j+nc) of the implicit im2col matrix of the padded
+ * image xp, as one k-major panel: bp[(k - k0) * KILN_GEMM_PANEL(nc) + (p - j)], columns
+ * past nc zeroed (kiln_gemm.h). */
+void kiln_conv_pack_panel(const float* xp, const kiln_conv_shape* s, int j, int nc, int k0,
+                          int kc, float* bp);
+
+/* Pixel columns [n0, n1) of y (which points at column n0; rows `ldy` floats apart) for all M
+ * output channels of the padded image xp: A packed (MR panels, K = C*KH*KW), bias (M values
+ * or NULL), blocks of at most `kc` rows of K, `panel` scratch of kc * KILN_NR floats. */
+void kiln_conv_gemm(const float* xp, const kiln_conv_shape* s, const float* A, int M,
+                    const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
+                    float hi, int kc, float* panel);
+
+#endif /* KILN_CONV_GEMM_H */

@@ -1,0 +1,40 @@
+/* kiln runtime: direct convolution over padded lines, for depthwise convolutions and layers
+ * with few taps per output (kiln_conv.h says when the code generator picks it).
+ *
+ * Each input channel a block needs is copied once into "lines": every input row, zero-padded
+ * left and right and split into `sw` phases (phase p holds padded columns p, p + sw, ...), so
+ * the tap kx of an output vector is one contiguous unaligned load whatever the stride, and the
+ * left/right borders cost nothing; taps on rows above and below the image read a zero line.
+ * Accumulators are vectors along the output width (KILN_VLEN lanes), for up to four output
+ * channels (a group's channels share every loaded input vector) and up to four output rows;
+ * bias and the clamp (relu, relu6) are applied as the results are stored. 3x3 and 5x5
+ * kernels at stride 1 and 2 (no dilation) have specialised loops with compile-time sizes;
+ * everything else takes the generic loop.
+ */
+#ifndef KILN_DWCONV_H
+#define KILN_DWCONV_H
+
+#include "kiln_conv.h"
+
+/* Strides along the width up to this run here; wider ones take kiln_conv2d_direct. */
+#define KILN_DW_MAX_STRIDE 4
+
+/* Floats per phase of a line: the output width rounded up to 16 (the widest vector, so the
+ * code generator can size the scratch without knowing the machine) plus the kernel's reach. */
+#define KILN_DW_PHASE(s) (((s)->OW + 15) / 16 * 16 + ((s)->KW - 1) * (s)->dw / (s)->sw + 1)
+#define KILN_DW_LINE(s) ((size_t)(s)->sw * KILN_DW_PHASE(s))
+/* Scratch (floats) for kiln_dwconv: the lines of one group's input channels, a zero line
+ * that the taps above and below the image read, and the padded rows of one plane (stride 2)
+ * with vector slack. */
+#define KILN_DW_SCRATCH(s, cin_g) \
+    (((size_t)(cin_g) * (s)->H + 1 + (s)->H) * KILN_DW_LINE(s) + 32)
+
+/* Output channels [c0, c1) of y (y points at channel c0) from the whole image x (s->C
+ * channels), weight (Cout, C/groups, KH, KW), optional bias, clamped to [lo, hi]; `lines`
+ * holds KILN_DW_SCRATCH(s, C/groups) floats. Any padding and dilation, strides up to
+ * KILN_DW_MAX_STRIDE along the width (the code generator sends wider ones elsewhere). */
+void kiln_dwconv(const float* x, const float* w, const float* bias, float* y, int c0, int c1,
+                 int Cout, int groups, const kiln_conv_shape* s, float lo, float hi,
+                 float* lines);
+
+#endif /* KILN_DWCONV_H */
