@@ -4,14 +4,18 @@ Kernel level: the runtime built on its own (for this machine and for baseline x8
 4-lane vectors give a 4x8 GEMM tile), `kiln_conv_gemm` compared with a float64 NumPy
 convolution on odd shapes: K not a multiple of anything, pixel counts not a multiple of NR
 (and narrow last panels), several blocks of K, stride, dilation, asymmetric padding, 1x1,
-conv1d, column sub-ranges, bias and clamp. End to end: a model compiled with kiln compared
-with PyTorch (fused residual epilogues, grouped convs, conv1d, OpenMP threads, sanitized).
+conv1d, column sub-ranges, bias and clamp; the same for the stride-1 "wide grid" kernel
+`kiln_conv_gemm_wide` (odd OW/WP, ranges starting mid-row, OW = 1), plus an ASan harness with
+exact-size buffers for its reads past the padded image. End to end: a model compiled with
+kiln compared with PyTorch (wide and gather convs, fused residual epilogues, grouped convs,
+conv1d, OpenMP threads, sanitized).
 """
 
 from __future__ import annotations
 
 import ctypes
 import platform
+import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -48,6 +52,8 @@ class Lib:
         self.dll = ctypes.CDLL(str(path))
         self.dll.kiln_conv_gemm.restype = None
         self.dll.kiln_conv_gemm_pad.restype = None
+        self.dll.kiln_conv_gemm_wide.restype = None
+        self.dll.kiln_conv_gemm_pad_wide.restype = None
         width = gcc.vector_width(gcc.find("gcc"), march) if march == "native" else 4
         self.mr, self.nr = gemm_tile(width)
 
@@ -184,10 +190,134 @@ def test_end_to_end_matches_torch_sanitized_with_threads(tmp_path: Path) -> None
     x = torch.randn(3, 3, 13, 10)
     art = kiln.compile(net, x, target="cpu", threads=2, sanitize=True, cache_dir=tmp_path)
     kernels = " ".join(k["kernel"] for k in art.report()["kernels"])
-    for scheme in ("conv implicit gemm", "conv 1x1 gemm", "grouped conv implicit gemm"):
+    for scheme in ("conv implicit gemm", "conv 1x1 gemm", "grouped conv implicit gemm",
+                   "conv wide implicit gemm"):
         assert scheme in kernels, scheme
     for seed in (1, 2):
         xs = torch.randn(3, 3, 13, 10, generator=torch.Generator().manual_seed(seed))
         want = net(xs).detach().numpy()
         got = np.asarray(art(xs.numpy()))
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def run_wide(lib: Lib, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+             geo: dict[str, int], cols: tuple[int, int], lo: float, hi: float) -> np.ndarray:
+    """`kiln_conv_gemm_wide` over pixel columns `cols` into a padded output; the padded
+    image is sized exactly (plus the documented slack), so ASan-free over-reads still land
+    in NaN-free memory and any read past the slack would show up as a wrong answer."""
+    cout, k = w.shape[0], w[0].size
+    shape = Shape(*(geo[f] for f in FIELDS))
+    hp, wp = padded_dims(geo)
+    src = np.full(geo["C"] * hp * wp + lib.nr, np.nan, np.float32)
+    lib.dll.kiln_conv_gemm_pad_wide(ptr(x), ctypes.byref(shape), geo["C"], ptr(src))
+    assert not np.isnan(src).any()  # the slack is zeroed too
+    a = pack_panels(w.reshape(cout, k), lib.mr)
+    ldy = geo["OH"] * geo["OW"] + 5
+    y = np.full((cout, ldy), -7.0, np.float32)
+    n0, n1 = cols
+    lib.dll.kiln_conv_gemm_wide(ptr(src), ctypes.byref(shape), ptr(a), cout, ptr(bias),
+                                ctypes.c_void_p(y.ctypes.data + 4 * n0), ctypes.c_ssize_t(ldy),
+                                n0, n1, ctypes.c_float(lo), ctypes.c_float(hi))
+    return y
+
+
+# (C, H, W, Cout, kernel, padding t/l/b/r, dilation, pixel columns or None for all)
+WIDE_CASES = [
+    (3, 11, 9, 13, (3, 3), (1, 1, 1, 1), (1, 1), None),     # odd OW=9, WP=11, M % MR != 0
+    (40, 7, 5, 33, (3, 3), (1, 1, 1, 1), (1, 1), None),     # K=360
+    (2, 12, 14, 5, (3, 3), (3, 2, 0, 0), (3, 2), None),     # dilation, one-sided padding
+    (7, 10, 13, 9, (5, 3), (2, 0, 1, 2), (1, 2), (17, 80)),  # asymmetric, starts mid-row
+    (4, 4, 4, 21, (3, 3), (1, 1, 1, 1), (1, 1), (5, 6)),    # one pixel: a narrow tile
+    (5, 1, 37, 11, (1, 4), (0, 2, 0, 1), (1, 1), (3, 30)),  # conv1d
+    (6, 33, 35, 17, (3, 3), (1, 1, 1, 1), (1, 1), (40, 1100)),  # many tiles, rows > NR
+    (3, 6, 3, 8, (3, 3), (0, 0, 0, 0), (1, 1), None),       # OW=1: a run per pixel
+]
+
+
+@pytest.mark.parametrize("case", WIDE_CASES, ids=[f"wide{i}" for i in range(len(WIDE_CASES))])
+def test_conv_gemm_wide_matches_numpy(lib: Lib, case: tuple) -> None:
+    c, h, wd, cout, k, p, d, cols = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    geo = geometry(c, h, wd, k, (1, 1), p, d)
+    x = rng.standard_normal((c, h, wd), dtype=np.float32)
+    w = rng.standard_normal((cout, c, *k), dtype=np.float32)
+    bias = rng.standard_normal(cout, dtype=np.float32)
+    pixels = geo["OH"] * geo["OW"]
+    n0, n1 = cols or (0, pixels)
+    want = reference(x, w, bias, geo)
+    y = run_wide(lib, x, w, bias, geo, (n0, n1), -np.inf, np.inf)
+    np.testing.assert_allclose(y[:, n0:n1], want[:, n0:n1], rtol=1e-4,
+                               atol=1e-4 * np.abs(want).max())
+    assert (y[:, :n0] == -7.0).all() and (y[:, n1:] == -7.0).all()
+
+
+def test_conv_gemm_wide_bias_none_and_clamp(lib: Lib) -> None:
+    geo = geometry(6, 9, 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 9, 11), dtype=np.float32)
+    w = rng.standard_normal((10, 6, 3, 3), dtype=np.float32)
+    want = np.clip(reference(x, w, np.zeros(10, np.float32), geo), -1.5, 2.0)
+    y = run_wide(lib, x, w, None, geo, (37, 80), -1.5, 2.0)
+    np.testing.assert_allclose(y[:, 37:80], want[:, 37:80], rtol=1e-4, atol=1e-4)
+    assert (y[:, :37] == -7.0).all() and (y[:, 80:] == -7.0).all()
+
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "kiln_conv_gemm.h"
+
+/* Each shape: x, the padded image (exactly C*HP*WP + KILN_CG_WIDE_SLACK floats) and y
+ * (exactly M * pixels) on the heap, so AddressSanitizer flags any read or write outside. */
+static void one(kiln_conv_shape s, int M, int n0, int n1) {
+    const int K = s.C * s.KH * s.KW, P = s.OH * s.OW;
+    const size_t pad = (size_t)s.C * KILN_CG_HP(&s) * KILN_CG_WP(&s) + KILN_CG_WIDE_SLACK;
+    float* x = malloc(sizeof(float) * s.C * s.H * s.W);
+    float* xp = malloc(sizeof(float) * pad);
+    float* a = calloc((size_t)(M + KILN_MR) * K, sizeof(float));
+    float* bias = malloc(sizeof(float) * M);
+    float* y = malloc(sizeof(float) * M * P);
+    for (int i = 0; i < s.C * s.H * s.W; ++i) x[i] = (float)(i % 7) - 3.0f;
+    for (int i = 0; i < M; ++i) bias[i] = (float)i;
+    kiln_conv_gemm_pad_wide(x, &s, s.C, xp);
+    kiln_conv_gemm_wide(xp, &s, a, M, bias, y + n0, P, n0, n1, -1e30f, 1e30f);
+    printf("%g\n", (double)y[n1 - 1]);
+    free(x), free(xp), free(a), free(bias), free(y);
+}
+
+int main(void) {
+    /* C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW */
+    one((kiln_conv_shape){3, 6, 3, 3, 3, 1, 1, 0, 0, 1, 1, 4, 1}, 5, 0, 4);
+    one((kiln_conv_shape){2, 12, 14, 3, 3, 1, 1, 3, 2, 3, 2, 9, 10}, 9, 13, 90);
+    one((kiln_conv_shape){4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5}, 3, 24, 25);
+    one((kiln_conv_shape){5, 1, 37, 1, 4, 1, 1, 0, 2, 1, 1, 1, 37}, 11, 0, 37);
+    return 0;
+}
+"""
+
+
+def test_conv_gemm_wide_stays_in_bounds_under_asan(tmp_path: Path) -> None:
+    """The wide kernel's last tile reads up to NR floats past the padded image: the
+    documented slack must cover it, and no store may leave y (ASan + UBSan, exact buffers)."""
+    root = resources.files("kiln.codegen.c").joinpath("runtime")
+    for name in (*RUNTIME_HEADERS, *SOURCES):
+        (tmp_path / name).write_text(root.joinpath(name).read_text())
+    (tmp_path / "harness.c").write_text(HARNESS)
+    flags = [*gcc.flags("native", 1, True), "-Werror"]
+    exe = gcc.compile_c(gcc.find("gcc"), tmp_path, [*SOURCES, "harness.c"], "harness", flags,
+                        shared=False)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.split()) == 4
+
+
+def test_wide_routing_rule() -> None:
+    """Stride 1 with K up to WIDE_MAXK (measured faster) goes wide; stride 2 and larger K
+    keep the gather."""
+    from kiln.codegen.c.gemm_anchors import WIDE_MAXK, ConvAnchor
+    fits = ConvAnchor.wide_fits
+    assert fits(geometry(64, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), 576)
+    assert fits(geometry(2, 12, 14, (3, 3), (1, 1), (3, 2, 0, 0), (3, 2)), 18)
+    assert not fits(geometry(16, 8, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)), 144)
+    assert not fits(geometry(16, 8, 8, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1)), 144)
+    assert not fits(geometry(96, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), WIDE_MAXK + 1)

@@ -121,3 +121,105 @@ void kiln_conv_gemm(const float* xp, const kiln_conv_shape* s, const float* A, i
         }
     }
 }
+
+void kiln_conv_gemm_pad_wide(const float* x, const kiln_conv_shape* s, int channels,
+                             float* xp) {
+    kiln_conv_gemm_pad(x, s, channels, xp);
+    memset(xp + (size_t)channels * KILN_CG_HP(s) * KILN_CG_WP(s), 0,
+           sizeof(float) * KILN_CG_WIDE_SLACK);
+}
+
+#define KILN_WL (KILN_NR / 2) /* lanes of one vector of the tile: a tile row is two */
+typedef float kiln_wv __attribute__((vector_size(KILN_WL * 4)));
+typedef float kiln_wv_u __attribute__((vector_size(KILN_WL * 4), aligned(4), may_alias));
+typedef int32_t kiln_wi __attribute__((vector_size(KILN_WL * 4)));
+
+KILN_INLINE kiln_wv kiln_wload(const float* p) { return *(const kiln_wv_u*)p; }
+
+/* One MR x (nv * WL) tile over all of K: B row k is `nv` vectors at b + offs[k]. The result,
+ * plus bias and clamped, goes to tmp (rows KILN_NR floats apart) for the valid-column copy. */
+KILN_INLINE void kiln_wide_tile(const int mr, const int nv, int K, const float* a,
+                                const float* b, const int32_t* offs, float* tmp,
+                                const float* bias_row, float lo, float hi) {
+    kiln_wv acc[8][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; ++r) acc[r][0] = acc[r][1] = (kiln_wv){0};
+    for (int k = 0; k < K; ++k) {
+        const float* bk = b + offs[k];
+        kiln_wv b0 = kiln_wload(bk), b1 = nv > 1 ? kiln_wload(bk + KILN_WL) : b0;
+        const float* ak = a + (size_t)k * KILN_MR;
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; ++r) {
+            acc[r][0] += ak[r] * b0;
+            if (nv > 1) acc[r][1] += ak[r] * b1;
+        }
+    }
+    const kiln_wv l = (kiln_wv){0} + lo, h = (kiln_wv){0} + hi;
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; ++r)
+        for (int v = 0; v < nv; ++v) {
+            kiln_wv x = acc[r][v] + (bias_row ? bias_row[r] : 0.0f);
+            kiln_wi below = x < l, above = x > h;
+            x = (kiln_wv)(((kiln_wi)l & below) | ((kiln_wi)x & ~below));
+            x = (kiln_wv)(((kiln_wi)h & above) | ((kiln_wi)x & ~above));
+            *(kiln_wv_u*)(tmp + r * KILN_NR + v * KILN_WL) = x;
+        }
+}
+
+#define KILN_WIDE_CASE(R)                                                                    \
+    case R:                                                                                  \
+        if (nv == 2) kiln_wide_tile(R, 2, K, a, b, offs, tmp, br, lo, hi);                   \
+        else kiln_wide_tile(R, 1, K, a, b, offs, tmp, br, lo, hi);                           \
+        break;
+
+/* The runs of valid pixels among grid columns [q, q + nq): `len` pixels at tile column `col`
+ * that land at output column `off` (relative to pixel n0). */
+static int kiln_wide_runs(int q, int nq, int wp, int ow, int n0, kiln_run* runs) {
+    int n = 0;
+    for (int t = 0; t < nq;) {
+        const int g = q + t, oy = g / wp, ox = g % wp;
+        if (ox >= ow) {
+            t += wp - ox;
+            continue;
+        }
+        const int len = kiln_imin(nq - t, ow - ox);
+        runs[n++] = (kiln_run){t, len, (ptrdiff_t)oy * ow + ox - n0};
+        t += len;
+    }
+    return n;
+}
+
+void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float* A, int M,
+                         const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
+                         float hi) {
+    const int wp = KILN_CG_WP(s), ow = s->OW, K = s->C * s->KH * s->KW;
+    const int32_t plane = KILN_CG_HP(s) * wp;
+    int32_t offs[KILN_CG_WIDE_MAXK];
+    if (n1 <= n0 || K > KILN_CG_WIDE_MAXK) return;
+    for (int c = 0, k = 0; c < s->C; ++c)
+        for (int ky = 0; ky < s->KH; ++ky)
+            for (int kx = 0; kx < s->KW; ++kx)
+                offs[k++] = c * plane + ky * s->dh * wp + kx * s->dw;
+    const int qa = n0 / ow * wp + n0 % ow, qb = (n1 - 1) / ow * wp + (n1 - 1) % ow + 1;
+    float tmp[KILN_MR * KILN_NR] __attribute__((aligned(64)));
+    kiln_run runs[KILN_NR];
+    for (int q = qa; q < qb; q += KILN_NR) {
+        const int nq = kiln_imin(KILN_NR, qb - q), nv = nq > KILN_WL ? 2 : 1;
+        const int nruns = kiln_wide_runs(q, nq, wp, ow, n0, runs);
+        const float* b = xp + q;
+        for (int i = 0; i < M; i += KILN_MR) {
+            const float* a = A + (size_t)(i / KILN_MR) * K * KILN_MR;
+            const float* br = bias ? bias + i : NULL;
+            const int mr = kiln_imin(KILN_MR, M - i);
+            switch (mr) {
+                KILN_WIDE_CASE(1) KILN_WIDE_CASE(2) KILN_WIDE_CASE(3) KILN_WIDE_CASE(4)
+                KILN_WIDE_CASE(5) KILN_WIDE_CASE(6) KILN_WIDE_CASE(7) KILN_WIDE_CASE(8)
+                default: break;
+            }
+            for (int r = 0; r < mr; ++r)
+                for (int u = 0; u < nruns; ++u)
+                    kiln_copy_run(y + (ptrdiff_t)(i + r) * ldy + runs[u].off,
+                                  tmp + r * KILN_NR + runs[u].col, runs[u].len);
+        }
+    }
+}

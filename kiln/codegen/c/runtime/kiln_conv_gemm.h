@@ -43,4 +43,22 @@ void kiln_conv_gemm(const float* xp, const kiln_conv_shape* s, const float* A, i
                     const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
                     float hi, int kc, float* panel);
 
+/* The "wide grid" scheme for stride 1 (any dilation), with no gather at all: outputs are
+ * indexed on the padded grid, q = oy*WP + ox (ox < WP, so WP - OW columns per row are junk),
+ * where row k = (c, ky, kx) of the implicit im2col matrix is contiguous in xp, at offset
+ * c*HP*WP + ky*dh*WP + kx*dw. The micro-kernel loads B rows straight from xp through that
+ * per-k offset table, keeps an MR x NR tile in registers over all of K, and stores only its
+ * valid columns to y (at p = oy*OW + ox), bias and clamp on store. The last tile reads up to
+ * NR floats past the padded image: xp comes from `kiln_conv_gemm_pad_wide`, which pads as
+ * `kiln_conv_gemm_pad` and zeroes KILN_CG_WIDE_SLACK floats after it. K is at most
+ * KILN_CG_WIDE_MAXK (the offset table lives on the stack). Same arguments as kiln_conv_gemm,
+ * less the panel; requires sh = sw = 1. */
+#define KILN_CG_WIDE_SLACK KILN_NR
+#define KILN_CG_WIDE_MAXK 4096
+void kiln_conv_gemm_pad_wide(const float* x, const kiln_conv_shape* s, int channels,
+                             float* xp);
+void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float* A, int M,
+                         const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
+                         float hi);
+
 #endif /* KILN_CONV_GEMM_H */
