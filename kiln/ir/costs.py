@@ -45,6 +45,7 @@ from kiln.ir.graph import Block, Func, Module, Op
 from kiln.ir.ops import (
     core,
     elementwise,
+    fixed_norm,
     fused,
     lut,
     nn_conv,
@@ -274,6 +275,9 @@ FLOP_RULES: dict[type[OpDef], FlopRule] = {
     quant.Requantize: per_element(4),
     lut.FixedActivation: per_element(4),  # index shift, clamp, table read (hard ones: ÷6)
     lut.LutSoftmax: per_element(5),        # max, subtract, exp read, sum, multiply
+    fixed_norm.FixedLayerNorm: per_element(8),  # sum, D·x - S, square, add, c·R, round,
+                                                # ·gamma + beta (1/sqrt: one read per row)
+    fixed_norm.FixedGelu: per_element(4),  # index shift, clamp, table read, x·Φ
     qnn.QConv1d: plus_per_element(conv_flops, REQUANT_FLOPS),
     qnn.QConv2d: plus_per_element(conv_flops, REQUANT_FLOPS),
     qnn.QLinear: plus_per_element(contraction_flops, REQUANT_FLOPS),

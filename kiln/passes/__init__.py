@@ -11,6 +11,7 @@ from kiln.passes import (  # noqa: F401  (imported for their registrations)
     decompose,
     fixed_activations,
     fixed_point,
+    fixed_transformer,
     fold_batchnorm,
     fold_constants,
     fold_qdq,

@@ -239,14 +239,16 @@ def activation_passes(options: Mapping[str, Any]) -> str:
     """`activations="lut"` (default): sigmoid, tanh, softmax, hardsigmoid and hardswish run
     on the FPGA (`fixed-activations`: lookup tables of `table_size` entries, hard ones
     exact; `table_range`: the tables' input range, a power of two, default per function);
-    `"host"`: they stay float (a final softmax runs in the host tail)."""
+    `"host"`: they stay float (a final softmax runs in the host tail). Layer norms always
+    become `kiln.fixed_layer_norm` and, with "lut", GELUs `kiln.fixed_gelu`
+    (`fixed-transformer`)."""
     mode = options.get("activations") or "lut"
     if mode not in ("lut", "host"):
         raise KilnError(f"fpga option activations={mode!r} is not one of 'lut', 'host'")
     size = int(options.get("table_size") or 1024)
     span = float(options.get("table_range") or 0.0)
-    return f",fixed-activations{{table-size={size},table-range={span}}}" if mode == "lut" \
-        else ""
+    return f",fixed-activations{{table-size={size},table-range={span}}},fixed-transformer" \
+        if mode == "lut" else ",fixed-transformer{gelu=false}"
 
 
 def check_precision(lowered: Lowered, width: int | None) -> None:

@@ -5,7 +5,10 @@ second compile of the same model runs no compiler. A failed build's folder (with
 `csim_build.log`) stays under `<cache>/failed/<key>/` and the `CompileError` names the log.
 With `sanitize=True` the program is built with AddressSanitizer and UBSan
 (`SANITIZE_FLAGS`, non-recoverable: the first finding aborts) and any sanitizer report during a
-run is a `KilnError`; the flags are part of the cache key.
+run is a `KilnError`; the flags are part of the cache key. With `ap_types=<folder holding
+ap_int.h>` the same sources build against the vendor's arbitrary-precision types
+(`-DKILN_USE_AP_TYPES`: `ap_int<W>` raws and `hls_stream.h`, what Vitis synthesizes; `AP_FLAGS`
+silence the vendor headers' own warnings), which must give the same bits as the native build.
 One run feeds many samples: the host writes raw input integers one sample per line
 (`kiln.codegen.hls.project` describes the protocol), the program writes the output raws.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.codegen.hls.project import CXXFLAGS
+from kiln.codegen.hls.project import AP_FLAG, CXXFLAGS
 from kiln.errors import KilnError
 from kiln.targets.cache import BuildCache, cache_key
 from kiln.targets.toolchains import gxx
@@ -26,6 +29,7 @@ from kiln.targets.toolchains import gxx
 _CACHE_FORMAT = "kiln-hls-csim-1"
 SANITIZE_FLAGS = ("-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                   "-fno-omit-frame-pointer", "-g")
+AP_FLAGS = (AP_FLAG, "-w")
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,18 @@ class Csim:
 
 
 def build_csim(files: dict[str, str], name: str, n_out: int, cache_dir: str | None,
-               cxx: str = "g++", sanitize: bool = False) -> Csim:
-    """Build (or find in the cache) the C-simulation of the project `files`."""
+               cxx: str = "g++", sanitize: bool = False, ap_types: str | None = None) -> Csim:
+    """Build (or find in the cache) the C-simulation of the project `files`; `ap_types`:
+    build with the vendor's ap_int.h from that folder (module docstring)."""
     toolchain = gxx.find(cxx)
     sources = sorted(k for k in files if k.startswith("firmware/") or k == f"tb_{name}.cpp")
     parts = [f"{k}\n{files[k]}" for k in sources]
-    flags = [*CXXFLAGS.split(), *(SANITIZE_FLAGS if sanitize else ()), "-Ifirmware"]
+    if ap_types is not None and not (Path(ap_types) / "ap_int.h").is_file():
+        raise KilnError(f"ap_types={ap_types!r} holds no ap_int.h",
+                        hint="pass the folder of the vendor's headers (Vitis include/, or "
+                             "hls4ml's templates/vivado/ap_types)")
+    ap = (*AP_FLAGS, "-isystem", str(Path(ap_types).resolve())) if ap_types else ()
+    flags = [*CXXFLAGS.split(), *(SANITIZE_FLAGS if sanitize else ()), *ap, "-Ifirmware"]
     key = cache_key(_CACHE_FORMAT, toolchain.version, " ".join(flags), *parts)
     cache = BuildCache(cache_dir)
 
@@ -78,4 +88,4 @@ def build_csim(files: dict[str, str], name: str, n_out: int, cache_dir: str | No
     return Csim(entry / "csim", n_out, sanitize)
 
 
-__all__ = ["SANITIZE_FLAGS", "Csim", "build_csim"]
+__all__ = ["AP_FLAGS", "SANITIZE_FLAGS", "Csim", "build_csim"]

@@ -22,6 +22,7 @@ import numpy as np
 
 from kiln.codegen.hls import HlsOptions, Lowered, emit_lowered, lower
 from kiln.codegen.hls.emitter import model_name
+from kiln.codegen.hls.hls_types import type_name
 from kiln.compiler.pass_manager import PassManager
 from kiln.errors import KilnError
 from kiln.ir.graph import Module
@@ -108,8 +109,12 @@ class HlsRunner(BatchedRunner):
 
     def testbench(self, group: Sequence[_Ready]) -> str:
         lines = ["#include <cstdio>", "#include <fstream>", "#include <sstream>",
-                 "#include <string>", "#include <vector>", "#include <stdint.h>",
-                 '#include "kiln_layers.h"']
+                 "#include <string>", "#include <vector>", "#include <stdint.h>"]
+        # kiln's headers at global scope (their include guards make the models' own includes,
+        # inside the per-model namespaces below, no-ops)
+        headers = sorted({Path(rel).name for item in group for rel in item.art.files
+                          if rel.startswith("firmware/kiln_") and rel.endswith(".h")})
+        lines += [f'#include "{name}"' for name in headers or ["kiln_layers.h"]]
         for item in group:
             lines += [f"namespace m{item.index} {{", f'#include "{item.name}.cpp"', "}"]
         lines += ["static bool run_model(long id, const std::vector<long long>& x, "
@@ -135,16 +140,18 @@ class HlsRunner(BatchedRunner):
         lowered: Lowered = item.art.lowered
         parts, offset = [], 0
         for i, t in enumerate(lowered.inputs):
-            parts.append(f"int64_t in{i}[{t.size}]; for (int i = 0; i < {t.size}; i++) "
+            parts.append(f"m{item.index}::{type_name(t)} in{i}[{t.size}]; "
+                         f"for (int i = 0; i < {t.size}; i++) "
                          f"in{i}[i] = x.at({offset} + i);")
             offset += t.size
         for i, t in enumerate(lowered.outputs):
-            parts.append(f"int64_t out{i}[{t.size}];")
+            parts.append(f"m{item.index}::{type_name(t)} out{i}[{t.size}];")
         ports = [f"in{i}" for i in range(len(lowered.inputs))]
         ports += [f"out{i}" for i in range(len(lowered.outputs))]
         parts.append(f"m{item.index}::{item.name}({', '.join(ports)});")
         for i, t in enumerate(lowered.outputs):
-            parts.append(f"for (int i = 0; i < {t.size}; i++) y.push_back(out{i}[i]);")
+            parts.append(f"for (int i = 0; i < {t.size}; i++) "
+                         f"y.push_back(kiln::wide(out{i}[i]));")
         return " ".join(parts)
 
     def build(self, folder: Path, group: Sequence[_Ready]) -> Path:

@@ -48,7 +48,8 @@ SLOW_MODELS = {"digits_cnn", "conv1d_net", "resnet8", "mobilenet_v2ish"}
 NOT_LOWERED = {"kiln.quantize", "kiln.dequantize", "kiln.requantize", "kiln.qadd",
                "kiln.qavg_pool1d", "kiln.qavg_pool2d", "kiln.qconv1d", "kiln.qconv2d",
                "kiln.qlinear", "kiln.qmatmul", "kiln.qreduce_mean", "kiln.qrescale",
-               "kiln.fixed_activation", "kiln.lut_softmax"}
+               "kiln.fixed_activation", "kiln.lut_softmax", "kiln.fixed_layer_norm",
+               "kiln.fixed_gelu"}
 """Integer ops: the target takes fp32 IR."""
 
 

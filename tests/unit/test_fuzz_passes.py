@@ -45,6 +45,7 @@ NOT_GENERATED_FAMILIES = {
     "kiln.ir.ops.fused",  # made by `fuse`
     "kiln.ir.ops.layout",  # NHWC twins, made by `layout`
     "kiln.ir.ops.lut",  # fixed-point FPGA activations, made by `fixed-activations`
+    "kiln.ir.ops.fixed_norm",  # fixed-point layer norm / GELU, made by `fixed-transformer`
 }
 """Op families the generator leaves out on purpose (its float graphs never need them); any
 other op a new family or file registers must get a generator."""

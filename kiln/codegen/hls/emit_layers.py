@@ -1,10 +1,13 @@
 """One C++ function per HLS layer: the `kiln_layers.h` template call plus its pragmas.
 
-Each layer function is `static void <name>(const int64_t in0[N0], ..., int64_t out[M])`.
+Each layer function is `static void <name>(const v_a_t in0[N0], ..., v_y_t out[M])`, every
+array of its tensor's raw type (`hls_types`: `kiln::raw_t<W, S>`, ap_int under Vitis); a dot
+layer accumulates in its output type (kiln's exact accumulator type) with products in a
+`<layer>_p_t` typedef written before the function, an average pool sums in `<layer>_sum_t`.
 The reuse factor R decides the pragmas as in hls4ml: `PIPELINE II=R` on the layer, weights and
 activations partitioned `complete` for R = 1, `cyclic factor=ceil(N/R)` otherwise, so each
 multiplier is reused R times. Weights are emitted by `emit_weights` as const arrays of raw
-integers (the narrowest C integer type that holds the weight type's width). With
+integers of the weight type's width (`<layer>_w_t`, `<layer>_b_t` typedefs). With
 `flavor="asic"` the same function is written without any pragma (see `emitter`).
 """
 
@@ -21,11 +24,17 @@ from kiln.codegen.hls.emit_activations import (
     error_text,
     softmax_args,
 )
+from kiln.codegen.hls.emit_transformer import emit_transformer_tables, transformer_call
+from kiln.codegen.hls.hls_types import (
+    layer_typedefs,
+    type_name,
+    weight_typedefs,
+)
 from kiln.codegen.hls.layers import HlsLayer, HlsTensor
+from kiln.codegen.hls.transformer_kinds import TRANSFORMER_KINDS
 from kiln.codegen.names import comment
 from kiln.codegen.writer import CodeWriter
 from kiln.ir import fixed_arith
-from kiln.ir.types import FixedType
 
 ROUNDING = {"trn": "KILN_TRN", "trn_zero": "KILN_TRN_ZERO", "rnd": "KILN_RND",
             "rnd_zero": "KILN_RND_ZERO", "rnd_min_inf": "KILN_RND_MIN_INF",
@@ -33,13 +42,6 @@ ROUNDING = {"trn": "KILN_TRN", "trn_zero": "KILN_TRN_ZERO", "rnd": "KILN_RND",
 SATURATION = {"wrap": "KILN_WRAP", "sat": "KILN_SAT", "sat_zero": "KILN_SAT_ZERO",
               "sat_sym": "KILN_SAT_SYM"}
 BINARY = {"add": "KILN_ADD", "sub": "KILN_SUB", "maximum": "KILN_MAX", "minimum": "KILN_MIN"}
-INT64_MIN, INT64_MAX = "INT64_MIN", "INT64_MAX"
-
-
-def c_int(dtype: FixedType) -> str:
-    """The narrowest C integer type holding raws of `dtype`."""
-    bits = next(b for b in (8, 16, 32, 64) if dtype.width + (not dtype.signed) <= b)
-    return f"int{bits}_t"
 
 
 def _array_lines(ctype: str, name: str, values: np.ndarray, per_line: int = 16) -> list[str]:
@@ -52,15 +54,17 @@ def _array_lines(ctype: str, name: str, values: np.ndarray, per_line: int = 16) 
 def emit_weights(w: CodeWriter, layer: HlsLayer) -> None:
     """The layer's weights: CSR over the non-zero weights for dense layers, dense otherwise;
     an activation layer's tables with their stated error."""
+    emit_transformer_tables(w, layer)
     error = layer.table_error
     if error is not None:
         emit_tables(w, layer.name, layer.op.kind, layer.inputs[0].dtype, error)
         return
     if layer.weight is None or layer.weight_type is None:
         return
-    wtype = c_int(layer.weight_type)
+    wtype = f"{layer.name}_w_t"
     w.line(f"// {layer.name}: weight {list(layer.weight.shape)} {layer.weight_type}, "
            f"{layer.nonzero_weights} non-zero")
+    weight_typedefs(w, layer)
     if layer.kind == "dense":
         rows = layer.weight.reshape(layer.weight.shape[0], -1)
         nz = [np.flatnonzero(r) for r in rows]
@@ -73,7 +77,7 @@ def emit_weights(w: CodeWriter, layer: HlsLayer) -> None:
     else:
         w.lines(_array_lines(wtype, f"{layer.name}_w", layer.weight))
     if layer.bias is not None and layer.bias_type is not None:
-        w.lines(_array_lines(c_int(layer.bias_type), f"{layer.name}_b", layer.bias))
+        w.lines(_array_lines(f"{layer.name}_b_t", f"{layer.name}_b", layer.bias))
     w.blank()
 
 
@@ -86,8 +90,9 @@ def _partition(w: CodeWriter, name: str, size: int, rf: int) -> None:
 
 
 def signature(layer: HlsLayer) -> str:
-    params = [f"const int64_t in{i}[{t.size}]" for i, t in enumerate(layer.inputs)]
-    return f"static void {layer.name}({', '.join(params)}, int64_t out[{layer.output.size}])"
+    params = [f"const {type_name(t)} in{i}[{t.size}]" for i, t in enumerate(layer.inputs)]
+    out = f"{type_name(layer.output)} out[{layer.output.size}]"
+    return f"static void {layer.name}({', '.join(params)}, {out})"
 
 
 def emit_layer(w: CodeWriter, layer: HlsLayer, flavor: str = "fpga") -> None:
@@ -96,6 +101,7 @@ def emit_layer(w: CodeWriter, layer: HlsLayer, flavor: str = "fpga") -> None:
            + (f" (reuse factor {layer.reuse_factor})" if layer.weight is not None else ""))
     if layer.table_error:
         w.line(f"// max |error| vs float over the input range: {error_text(layer.table_error)}")
+    layer_typedefs(w, layer)
     with w.block(signature(layer)):
         if flavor == "fpga":
             w.raw("#pragma HLS INLINE off")
@@ -124,7 +130,7 @@ def _call(layer: HlsLayer) -> str:
         return f"kiln::clamp<{layer.output.size}>(in0, out, {lo}, {hi})"
     if layer.kind == "mul":
         n, nb = layer.output.size, layer.inputs[1].size
-        return f"kiln::multiply<{n}, {nb}, {n // nb}>(in0, in1, out)"
+        return f"kiln::multiply<{n}, {nb}, {n // nb}>(in0, in1, out)"  # out: the exact product
     if layer.kind == "activation":
         expr = activation_expr(layer.name, layer.op.kind, layer.inputs[0].dtype, "in0[i]")
         return f"for (int i = 0; i < {layer.output.size}; i++) out[i] = {expr}"
@@ -138,19 +144,26 @@ def _call(layer: HlsLayer) -> str:
         r = layer.output.dtype
         return (f"kiln::binary<{layer.output.size}, {r.frac_bits - a.frac_bits}, "
                 f"{r.frac_bits - b.frac_bits}, kiln::{BINARY[layer.kind]}>(in0, in1, out)")
+    if layer.kind in TRANSFORMER_KINDS:
+        return transformer_call(layer)
     raise AssertionError(f"no emitter for {layer.kind}")
 
 
 def _clamp_bounds(layer: HlsLayer) -> tuple[str, str]:
+    """Raw bounds within the type's range (an absent bound is the range's end: a no-op)."""
     t = layer.output.dtype
     if layer.kind == "relu":
-        return "0", INT64_MAX
+        return _raw_literal(0), _raw_literal(t.raw_range[1])
     kind: Any = layer.op.kind  # Clamp attributes (relu6: fixed bounds)
     lo, hi = (0.0, 6.0) if layer.op.name == "kiln.relu6" else (kind.min, kind.max)
     ends = np.array(t.raw_range, dtype=np.int64)
     lo_raw, hi_raw = fixed_arith.clamp_raw(ends, t, lo, hi)
-    return (str(int(lo_raw)) if lo is not None else INT64_MIN,
-            str(int(hi_raw)) if hi is not None else INT64_MAX)
+    return _raw_literal(int(lo_raw)), _raw_literal(int(hi_raw))
+
+
+def _raw_literal(v: int) -> str:
+    """An int64 literal (INT64_MIN has no literal of its own)."""
+    return "INT64_MIN" if v == -(1 << 63) else f"{v}LL"
 
 
 def _dot_shifts(layer: HlsLayer) -> tuple[int, int]:
@@ -161,19 +174,20 @@ def _dot_shifts(layer: HlsLayer) -> tuple[int, int]:
     return shift, bshift
 
 
-def _bias_args(layer: HlsLayer) -> tuple[str, str, str]:
+def _bias_args(layer: HlsLayer) -> tuple[str, str]:
+    """HAS_BIAS and the bias array (the element type is deduced)."""
     if layer.bias is None or layer.bias_type is None:
-        return "false", "int8_t", "(const int8_t*)0"
-    return "true", c_int(layer.bias_type), f"{layer.name}_b"
+        return "false", "(const int8_t*)0"
+    return "true", f"{layer.name}_b"
 
 
 def _dense(layer: HlsLayer) -> str:
     assert layer.weight is not None and layer.weight_type is not None
     shift, bshift = _dot_shifts(layer)
-    has_bias, btype, bias = _bias_args(layer)
+    has_bias, bias = _bias_args(layer)
     n_in, n_out = layer.inputs[0].size, layer.output.size
     return (f"kiln::dense<{n_in}, {n_out}, {layer.nonzero_weights}, {shift}, {bshift}, "
-            f"{has_bias}, {c_int(layer.weight_type)}, {btype}>(in0, out, "
+            f"{has_bias}, {layer.name}_p_t>(in0, out, "
             f"{layer.name}_row_ptr, {layer.name}_col, {layer.name}_w, {bias})")
 
 
@@ -206,10 +220,27 @@ def conv_dims(layer: HlsLayer) -> tuple[tuple[int, int, int], tuple[int, ...]]:
 def _conv(layer: HlsLayer) -> str:
     assert layer.weight is not None and layer.weight_type is not None
     geometry, rest = conv_dims(layer)
-    has_bias, btype, bias = _bias_args(layer)
+    has_bias, bias = _bias_args(layer)
     dims = (*geometry, *rest)
-    return (f"kiln::conv2d<{', '.join(map(str, dims))}, {has_bias}, "
-            f"{c_int(layer.weight_type)}, {btype}>(in0, out, {layer.name}_w, {bias})")
+    return (f"kiln::conv2d<{', '.join(map(str, dims))}, {has_bias}, {layer.name}_p_t>"
+            f"(in0, out, {layer.name}_w, {bias})")
+
+
+def pool_pads(layer: HlsLayer) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) padding of a windowed pool (the IR's begins, then ends;
+    1-D pools pad W only); zeros for adaptive pools."""
+    kind: Any = layer.op.kind
+    padding = tuple(getattr(kind, "padding", ()) or ())
+    if not padding:
+        return 0, 0, 0, 0
+    one_d = layer.kind.endswith("1d")
+    nd = len(padding) // 2
+    return (*_pair(padding[:nd], one_d, 0), *_pair(padding[nd:], one_d, 0))
+
+
+def include_pad(layer: HlsLayer) -> str:
+    """An average pool's count_include_pad as a C++ bool literal."""
+    return str(bool(getattr(layer.op.kind, "count_include_pad", True))).lower()
 
 
 def _pool(layer: HlsLayer) -> str:
@@ -220,14 +251,15 @@ def _pool(layer: HlsLayer) -> str:
     adaptive = "adaptive" in layer.op.name
     kh, kw = (1, 1) if adaptive else _pair(kind.kernel, one_d, 1)
     sh, sw = (1, 1) if adaptive else _pair(kind.stride, one_d, 1)
+    pt, pl, pb, pr = pool_pads(layer)
     if layer.kind.startswith("max_pool"):
         dh, dw = _pair(kind.dilation, one_d, 1)
-        dims = (c, h, w, kh, kw, sh, sw, dh, dw, oh, ow)
+        dims = (c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
         return f"kiln::max_pool2d<{', '.join(map(str, dims))}>(in0, out)"
     rounding = ROUNDING[layer.output.dtype.rounding]
-    avg_dims = (c, h, w, oh, ow, kh, kw, sh, sw)
+    avg_dims = (c, h, w, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr)
     return (f"kiln::avg_pool2d<{', '.join(map(str, avg_dims))}, {str(adaptive).lower()}, "
-            f"kiln::{rounding}>(in0, out)")
+            f"{include_pad(layer)}, kiln::{rounding}, {layer.name}_sum_t>(in0, out)")
 
 
-__all__ = ["c_int", "emit_layer", "emit_weights", "signature"]
+__all__ = ["emit_layer", "emit_weights", "include_pad", "pool_pads", "signature"]

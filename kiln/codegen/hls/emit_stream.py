@@ -1,12 +1,14 @@
 """HLS C++ for the io_stream architecture (hls4ml's io_stream, FINN's dataflow).
 
-The top function takes one `hls::stream<kiln::pixel<C>>` per input and output (AXI-stream
-ports, one pixel per beat: `emit_stream_plan` describes the packing) and runs every stage of
+The top function takes one `hls::stream<kiln::pixel<T, C>>` per input and output (AXI-stream
+ports, one pixel per beat: `emit_stream_plan` describes the packing; T is the tensor's raw type,
+`hls_types`) and runs every stage of
 the `StreamPlan` under `#pragma HLS DATAFLOW`, each stage a function over the
 `kiln_stream_layers.h` templates, connected by `hls::stream` FIFOs with `#pragma HLS STREAM
 depth=` from the plan. Convolutions and pools read pixel by pixel through line buffers; dense
 layers gather their input stream; requantize / relu / clamp run fused into the stage before
-them (an `_epi` struct per stage) or as a pass-through stage; a residual add joins two
+them (an `_epi` struct per stage, each step into its own tensor's raw type, so a FIFO
+carries raws of the layer's precision) or as a pass-through stage; a residual add joins two
 streams after a `duplicate` fork. The reuse factor sets each dot layer's `PIPELINE II` and
 the weights' `ARRAY_PARTITION` as in io_parallel.
 
@@ -36,12 +38,14 @@ from kiln.codegen.hls.emit_layers import (
     _pair,
     _partition,
     _spatial,
-    c_int,
     conv_dims,
     emit_weights,
+    include_pad,
+    pool_pads,
 )
 from kiln.codegen.hls.emit_stream_plan import Edge, Stage, StreamPlan, plan_stream
-from kiln.codegen.hls.layers import HlsLayer, Lowered
+from kiln.codegen.hls.hls_types import layer_typedefs, tensor_typedefs, type_name
+from kiln.codegen.hls.layers import HlsLayer, HlsTensor, Lowered
 from kiln.codegen.hls.project import TestbenchCall, project_files, reuse_text
 from kiln.codegen.names import comment
 from kiln.codegen.writer import CodeWriter
@@ -53,12 +57,17 @@ STREAM_HEADERS = ("kiln_fixed.h", "kiln_layers.h", "kiln_stream.h", "kiln_datafl
                   "kiln_stream_layers.h")
 
 
-def pixel(lanes: int) -> str:
-    return f"hls::stream<kiln::pixel<{lanes}> >"
+def pixel_type(edge: Edge) -> str:
+    assert edge.tensor is not None
+    return f"kiln::pixel<{type_name(edge.tensor)}, {edge.layout.lanes}>"
+
+
+def pixel(edge: Edge) -> str:
+    return f"hls::stream<{pixel_type(edge)} >"
 
 
 def top_signature(name: str, plan: StreamPlan) -> str:
-    ports = [f"{pixel(e.layout.lanes)}& {e.name}" for e in plan.inputs + plan.outputs]
+    ports = [f"{pixel(e)}& {e.name}" for e in plan.inputs + plan.outputs]
     return f"void {name}({', '.join(ports)})"
 
 
@@ -67,33 +76,39 @@ def _epilogue(w: CodeWriter, stage: Stage) -> str:
     ops = stage.ops()
     if not ops:
         return "kiln::Identity"
-    with w.block(f"struct {stage.name}_epi", ";"), w.block("static int64_t apply(int64_t v)"):
-        for layer in ops:
-            w.line(_elementwise(layer))
-        w.line("return v;")
+    head = ops[0].inputs[0] if stage.kind == "map" else stage.layer
+    source: HlsTensor = head if isinstance(head, HlsTensor) else head.output  # type: ignore
+    signature = f"static {type_name(ops[-1].output)} apply(const {type_name(source)}& v0)"
+    with w.block(f"struct {stage.name}_epi", ";"), w.block(signature):
+        for k, layer in enumerate(ops, 1):
+            w.line(f"const {type_name(layer.output)} v{k} = {_elementwise(layer, f'v{k - 1}')};"
+                   f"  // {layer.kind} {comment(layer.source)}")
+        w.line(f"return v{len(ops)};")
     return f"{stage.name}_epi"
 
 
-def _elementwise(layer: HlsLayer) -> str:
+def _elementwise(layer: HlsLayer, var: str) -> str:
+    """One raw `var` through an elementwise layer, as a C expression."""
     if layer.kind == "activation":
-        expr = activation_expr(layer.name, layer.op.kind, layer.inputs[0].dtype, "v")
-        return f"v = {expr};  // {getattr(layer.op.kind, 'function', '')} {comment(layer.source)}"
+        return activation_expr(layer.name, layer.op.kind, layer.inputs[0].dtype, var)
     if layer.kind == "requantize":
         src, dst = layer.inputs[0].dtype, layer.output.dtype
-        return (f"v = kiln::requantize<{src.frac_bits}, {dst.width}, {dst.frac_bits}, "
+        return (f"kiln::requantize<{src.frac_bits}, {dst.width}, {dst.frac_bits}, "
                 f"{str(dst.signed).lower()}, kiln::{ROUNDING[dst.rounding]}, "
-                f"kiln::{SATURATION[dst.saturation]}>(v);  // {comment(layer.source)}")
+                f"kiln::{SATURATION[dst.saturation]}>({var})")
     lo, hi = _clamp_bounds(layer)
-    return f"v = v < {lo} ? {lo} : (v > {hi} ? {hi} : v);  // {layer.kind} {comment(layer.source)}"
+    wide = f"kiln::wide({var})"
+    return (f"({type_name(layer.output)})({wide} < {lo} ? {lo} : ({wide} > {hi} ? {hi} : "
+            f"{wide}))")
 
 
 def _conv(stage: Stage, layer: HlsLayer, epi: str, rows: int) -> str:
     assert layer.weight is not None and layer.weight_type is not None
     geometry, rest = conv_dims(layer)
-    has_bias, btype, bias = _bias_args(layer)
+    has_bias, bias = _bias_args(layer)
     dims = (*geometry, rows, *rest)
     return (f"kiln::conv2d_stream<{', '.join(map(str, dims))}, {has_bias}, "
-            f"{c_int(layer.weight_type)}, {btype}, {epi}, {layer.reuse_factor}>"
+            f"{type_name(layer.output)}, {layer.name}_p_t, {epi}, {layer.reuse_factor}>"
             f"(in0, out, {layer.name}_w, {bias})")
 
 
@@ -114,21 +129,23 @@ def pool_geometry(layer: HlsLayer) -> tuple[int, ...]:
 def is_global_pool(layer: HlsLayer) -> bool:
     """An average pool whose single output pixel covers the whole input (no line buffer)."""
     _, h, w, oh, ow, kh, kw, *_, adaptive = pool_geometry(layer)
-    return layer.kind.startswith("avg") and oh == ow == 1 and (bool(adaptive) or
-                                                               (kh, kw) == (h, w))
+    return layer.kind.startswith("avg") and oh == ow == 1 and (bool(adaptive) or (
+        (kh, kw) == (h, w) and not any(pool_pads(layer))))
 
 
 def _pool(layer: HlsLayer, epi: str, rows: int) -> str:
     c, h, w, oh, ow, kh, kw, sh, sw, dh, dw, adaptive = pool_geometry(layer)
+    pt, pl, pb, pr = pool_pads(layer)
     if layer.kind.startswith("max"):
-        dims = ", ".join(map(str, (c, h, w, rows, kh, kw, sh, sw, dh, dw, oh, ow)))
+        dims = ", ".join(map(str, (c, h, w, rows, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)))
         return f"kiln::max_pool2d_stream<{dims}, {epi}>(in0, out)"
     rounding = ROUNDING[layer.output.dtype.rounding]
     if is_global_pool(layer):
-        return f"kiln::global_avg_pool_stream<{c}, {h * w}, kiln::{rounding}, {epi}>(in0, out)"
-    dims = ", ".join(map(str, (c, h, w, rows, oh, ow, kh, kw, sh, sw)))
-    return (f"kiln::avg_pool2d_stream<{dims}, "
-            f"{str(bool(adaptive)).lower()}, kiln::{rounding}, {epi}>(in0, out)")
+        return (f"kiln::global_avg_pool_stream<{c}, {h * w}, kiln::{rounding}, "
+                f"{layer.name}_sum_t, {epi}>(in0, out)")
+    dims = ", ".join(map(str, (c, h, w, rows, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr)))
+    return (f"kiln::avg_pool2d_stream<{dims}, {str(bool(adaptive)).lower()}, "
+            f"{include_pad(layer)}, kiln::{rounding}, {layer.name}_sum_t, {epi}>(in0, out)")
 
 
 def window_rows(layer: HlsLayer) -> int:
@@ -149,8 +166,7 @@ def window_rows(layer: HlsLayer) -> int:
 def _call(stage: Stage, epi: str) -> str:
     layer = stage.layer
     if stage.kind == "fork":
-        return f"kiln::duplicate<{stage.out_layout.beats}, {stage.out_layout.lanes}>" \
-               "(in0, out0, out1)"
+        return f"kiln::duplicate<{stage.out_layout.beats}>(in0, out0, out1)"
     if stage.kind in ("map", "copy"):
         return f"kiln::map_stream<{stage.out_layout.beats}, {stage.out_layout.lanes}, " \
                f"{epi}>(in0, out)"
@@ -158,21 +174,21 @@ def _call(stage: Stage, epi: str) -> str:
     if layer.kind == "dense":
         assert layer.weight_type is not None
         shift, bshift = _dot_shifts(layer)
-        has_bias, btype, bias = _bias_args(layer)
+        has_bias, bias = _bias_args(layer)
         src = stage.in_layouts[0]
         dims = (src.beats, src.lanes, layer.output.size, layer.nonzero_weights, shift, bshift)
         return (f"kiln::dense_stream<{', '.join(map(str, dims))}, {has_bias}, "
-                f"{c_int(layer.weight_type)}, {btype}, {epi}, {layer.reuse_factor}>(in0, out, "
-                f"{layer.name}_row_ptr, {layer.name}_col, {layer.name}_w, {bias})")
+                f"{type_name(layer.output)}, {layer.name}_p_t, {epi}, {layer.reuse_factor}>"
+                f"(in0, out, {layer.name}_row_ptr, {layer.name}_col, {layer.name}_w, {bias})")
     if layer.kind == "mul":
         per_beat = str(stage.in_layouts[1] == stage.in_layouts[0]).lower()
         return (f"kiln::multiply_stream<{stage.out_layout.beats}, {stage.out_layout.lanes}, "
-                f"{per_beat}, {epi}>(in0, in1, out)")
+                f"{per_beat}, {type_name(layer.output)}, {epi}>(in0, in1, out)")
     if layer.kind == "softmax":
         args = softmax_args(layer.name, layer.op.kind, layer.inputs[0].dtype, 1,
                             layer.output.size)
-        return (f"kiln::softmax_stream<{args}, {epi}>(in0, out, {layer.name}_exp, "
-                f"{layer.name}_inv)")
+        return (f"kiln::softmax_stream<{args}, {type_name(layer.output)}, {epi}>(in0, out, "
+                f"{layer.name}_exp, {layer.name}_inv)")
     if layer.kind.startswith("conv"):
         return _conv(stage, layer, epi, window_rows(layer))
     if "pool" in layer.kind:
@@ -181,19 +197,21 @@ def _call(stage: Stage, epi: str) -> str:
     r = layer.output.dtype
     return (f"kiln::binary_stream<{stage.out_layout.beats}, {stage.out_layout.lanes}, "
             f"{r.frac_bits - a.frac_bits}, {r.frac_bits - b.frac_bits}, "
-            f"kiln::{BINARY[layer.kind]}, {epi}>(in0, in1, out)")
+            f"kiln::{BINARY[layer.kind]}, {type_name(layer.output)}, {epi}>(in0, in1, out)")
 
 
 def _stage_signature(stage: Stage) -> str:
-    params = [f"{pixel(e.layout.lanes)}& in{i}" for i, e in enumerate(stage.inputs)]
+    params = [f"{pixel(e)}& in{i}" for i, e in enumerate(stage.inputs)]
     outs = stage.outputs
-    params += [f"{pixel(e.layout.lanes)}& out{i if len(outs) > 1 else ''}"
+    params += [f"{pixel(e)}& out{i if len(outs) > 1 else ''}"
                for i, e in enumerate(outs)]
     return f"static void {stage.name}({', '.join(params)})"
 
 
 def emit_stage(w: CodeWriter, stage: Stage) -> None:
     """One dataflow stage: epilogue struct, then the function over its template."""
+    if stage.layer is not None:
+        layer_typedefs(w, stage.layer)
     epi = _epilogue(w, stage)
     layer = stage.layer
     fused = ", ".join(f"{la.kind} {comment(la.source)}" for la in stage.epilogue)
@@ -210,7 +228,7 @@ def emit_stage(w: CodeWriter, stage: Stage) -> None:
 
 
 def _declare(w: CodeWriter, edge: Edge) -> None:
-    w.line(f"{pixel(edge.layout.lanes)} {edge.name}(\"{edge.name}\");  // {edge.dtype}, "
+    w.line(f"{pixel(edge)} {edge.name}(\"{edge.name}\");  // {edge.dtype}, "
            f"{edge.layout.beats} beats x {edge.layout.lanes} lanes")
     w.raw(f"#pragma HLS STREAM variable={edge.name} depth={edge.depth}")
     w.line(f"KILN_STREAM_DEPTH({edge.name}, {edge.depth});")
@@ -243,13 +261,18 @@ def _source(name: str, lowered: Lowered, plan: StreamPlan) -> str:
     return w.text()
 
 
-def _header(name: str, plan: StreamPlan) -> str:
+def _header(name: str, lowered: Lowered, plan: StreamPlan) -> str:
     w = CodeWriter()
     guard = name.upper() + "_H"
     w.lines([f"// {name}: kiln-generated HLS top function (io_stream: one pixel per beat,",
              "// channels packed; element (c, p) of a channels-first tensor is beat p, lane c).",
              f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>",
-             '#include "kiln_stream_layers.h"', ""])
+             '#include "kiln_stream_layers.h"', "",
+             "// Every tensor's raws: kiln::raw_t<W, S> (native for g++, ap_int<W> under",
+             "// Vitis or -DKILN_USE_AP_TYPES: kiln_fixed.h)."])
+    tensor_typedefs(w, [e.tensor for e in plan.edges if e.tensor is not None]
+                    + [t for layer in lowered.layers for t in (*layer.inputs, layer.output)])
+    w.blank()
     for kind, edges in (("IN", plan.inputs), ("OUT", plan.outputs)):
         for i, e in enumerate(edges):
             w.line(f"#define {name.upper()}_{kind}{i}_BEATS {e.layout.beats}  // {e.dtype}")
@@ -268,15 +291,15 @@ def stream_call(plan: StreamPlan) -> TestbenchCall:
         offset = 0
         for i, (t, e) in enumerate(zip(lowered.inputs, plan.inputs)):
             beats, lanes = e.layout.beats, e.layout.lanes
-            w.line(f"{pixel(lanes)} in{i};")
+            w.line(f"{pixel(e)} in{i};")
             with w.block(f"for (int p = 0; p < {beats}; p++)"):
-                w.line(f"kiln::pixel<{lanes}> b;")
+                w.line(f"{pixel_type(e)} b;")
                 w.line(f"for (int c = 0; c < {lanes}; c++) b.v[c] = x[{offset} + c * {beats} "
                        "+ p];")
                 w.line(f"in{i}.write(b);")
             offset += t.size
         for i, e in enumerate(plan.outputs):
-            w.line(f"{pixel(e.layout.lanes)} out{i}_s;")
+            w.line(f"{pixel(e)} out{i}_s;")
         ports = [f"in{i}" for i in range(len(plan.inputs))]
         ports += [f"out{i}_s" for i in range(len(plan.outputs))]
         w.line(f"{name}({', '.join(ports)});")
@@ -284,8 +307,9 @@ def stream_call(plan: StreamPlan) -> TestbenchCall:
             beats, lanes = e.layout.beats, e.layout.lanes
             w.line(f"int64_t out{i}[{beats * lanes}];")
             with w.block(f"for (int p = 0; p < {beats}; p++)"):
-                w.line(f"const kiln::pixel<{lanes}> b = out{i}_s.read();")
-                w.line(f"for (int c = 0; c < {lanes}; c++) out{i}[c * {beats} + p] = b.v[c];")
+                w.line(f"const {pixel_type(e)} b = out{i}_s.read();")
+                w.line(f"for (int c = 0; c < {lanes}; c++) out{i}[c * {beats} + p] = "
+                       "kiln::wide(b.v[c]);")
 
     return call
 
@@ -297,11 +321,12 @@ def emit_stream(name: str, lowered: Lowered, options: HlsOptions,
     w = CodeWriter()
     guard = name.upper() + "_WEIGHTS_H"
     w.lines([f"// {name}: weights as raw integers of their fixed types (exact).",
-             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", ""])
+             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>",
+             '#include "kiln_fixed.h"', ""])
     for layer in lowered.layers:
         emit_weights(w, layer)
     w.line(f"#endif  // {guard}")
-    files = {f"firmware/{name}.h": _header(name, plan),
+    files = {f"firmware/{name}.h": _header(name, lowered, plan),
              f"firmware/{name}.cpp": _source(name, lowered, plan),
              f"firmware/{name}_weights.h": w.text()}
     files.update({f"firmware/{h}": headers[h] for h in STREAM_HEADERS})

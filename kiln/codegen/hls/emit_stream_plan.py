@@ -64,6 +64,8 @@ class Edge:
     consumer: str
     depth: int
     port: bool = False
+    tensor: HlsTensor | None = None
+    """The tensor the FIFO carries (its raw type names the pixel's element type)."""
 
     @property
     def width_bits(self) -> int:
@@ -212,7 +214,7 @@ class _Wiring:
         layout = self.p.layout[tensor]
         port = PORT.fullmatch(name) is not None
         edge = Edge(name, layout, tensor.dtype, src, dst,
-                    int(self.depths.get(name, layout.beats)), port)
+                    int(self.depths.get(name, layout.beats)), port, tensor)
         self.edges.append(edge)
         return edge
 

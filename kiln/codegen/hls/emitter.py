@@ -1,14 +1,16 @@
 """HLS C++ for fixed-point IR: `emit(module, options) -> {file name: text}`, pure.
 
 Files (paths relative to the project folder):
-- `firmware/<model>.h`: the top function's prototype and sizes;
+- `firmware/<model>.h`: one raw-type typedef per tensor (`hls_types`), the top function's
+  prototype and sizes;
 - `firmware/<model>.cpp`: one function per layer (`emit_layers`) and the top function
-  `void <model>(const int64_t in0[N], ..., int64_t out0[M], ...)` with `INTERFACE` pragmas;
-- `firmware/<model>_weights.h`: weights as const arrays of raw integers;
+  `void <model>(const v_x_t in0[N], ..., v_y_t out0[M], ...)` with `INTERFACE` pragmas;
+- `firmware/<model>_weights.h`: weights as const arrays of raw integers of their types;
 - `firmware/kiln_fixed.h`, `kiln_layers.h`, `kiln_stream.h`: kiln's runtime headers;
 - the testbench, Makefile, Vitis scripts and README (`kiln.codegen.hls.project`).
 
-Arrays hold raw fixed-point integers (`kiln_fixed.h`); the top function's ports are the
+Arrays hold raw fixed-point integers of their real widths (`kiln_fixed.h`: native integers for
+g++, `ap_int<W>` under Vitis or `-DKILN_USE_AP_TYPES`); the top function's ports are the
 quantized inputs and the raws of the values the model dequantizes. Converting floats to raws
 (and back, plus any float tail such as a final softmax) is the host's job: the testbench reads
 raws, `art(x)` converts on the host with kiln's exact `quantize_fixed`/`fixed_to_float`.
@@ -33,6 +35,8 @@ from importlib import resources
 
 from kiln.codegen.hls.emit_layers import emit_layer, emit_weights
 from kiln.codegen.hls.emit_stream import STREAM_HEADERS, emit_stream
+from kiln.codegen.hls.emit_transformer import transformer_headers
+from kiln.codegen.hls.hls_types import tensor_typedefs, type_name
 from kiln.codegen.hls.layers import HlsTensor, Lowered, ReuseFactor, lower
 from kiln.codegen.hls.project import project_files, reuse_text
 from kiln.codegen.names import c_prefix, comment
@@ -83,8 +87,8 @@ def model_name(module: Module) -> str:
 
 
 def top_signature(name: str, lowered: Lowered) -> str:
-    ins = [f"const int64_t in{i}[{t.size}]" for i, t in enumerate(lowered.inputs)]
-    outs = [f"int64_t out{i}[{t.size}]" for i, t in enumerate(lowered.outputs)]
+    ins = [f"const {type_name(t)} in{i}[{t.size}]" for i, t in enumerate(lowered.inputs)]
+    outs = [f"{type_name(t)} out{i}[{t.size}]" for i, t in enumerate(lowered.outputs)]
     return f"void {name}({', '.join(ins + outs)})"
 
 
@@ -92,7 +96,12 @@ def _header(name: str, lowered: Lowered) -> str:
     w = CodeWriter()
     guard = name.upper() + "_H"
     w.lines([f"// {name}: kiln-generated HLS top function (raw fixed-point ports).",
-             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", ""])
+             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>",
+             '#include "kiln_fixed.h"', "",
+             "// Every tensor's raws: kiln::raw_t<W, S> (native for g++, ap_int<W> under",
+             "// Vitis or -DKILN_USE_AP_TYPES: kiln_fixed.h)."])
+    tensor_typedefs(w, all_tensors(lowered))
+    w.blank()
     for i, t in enumerate(lowered.inputs):
         w.line(f"#define {name.upper()}_IN{i}_SIZE {t.size}  // {t.dtype}")
     for i, t in enumerate(lowered.outputs):
@@ -114,11 +123,20 @@ def _weights(name: str, lowered: Lowered, flavor: str) -> str:
     guard = name.upper() + "_WEIGHTS_H"
     w.lines([f"// {name}: weights as raw integers of their fixed types (exact).",
              *(ROM_NOTE if flavor == "asic" else []),
-             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", ""])
+             f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>",
+             '#include "kiln_fixed.h"', ""])
     for layer in lowered.layers:
         emit_weights(w, layer)
     w.line(f"#endif  // {guard}")
     return w.text()
+
+
+def all_tensors(lowered: Lowered) -> list[HlsTensor]:
+    """Every tensor of the body in program order: ports, then each layer's operands/result."""
+    tensors = [*lowered.inputs, *lowered.outputs]
+    for layer in lowered.layers:
+        tensors += [*layer.inputs, layer.output]
+    return tensors
 
 
 def _ports(w: CodeWriter, lowered: Lowered, rf: int) -> None:
@@ -149,11 +167,12 @@ def _body(w: CodeWriter, lowered: Lowered, flavor: str) -> None:
             if out in where:  # an output port that is a reshape of a local: copy it
                 w.line(f"for (int i = 0; i < {out.size}; i++) {where[out]}[i] = {src}[i];")
             else:
-                w.line(f"const int64_t* {out.name} = {src};  // {comment(layer.source)}: free")
+                w.line(f"const {type_name(out)}* {out.name} = {src};  "
+                       f"// {comment(layer.source)}: free")
                 where[out] = out.name
             continue
         if out not in where:
-            w.line(f"int64_t {out.name}[{out.size}];  // {out.dtype}")
+            w.line(f"{type_name(out)} {out.name}[{out.size}];  // {out.dtype}")
             rf = layer.reuse_factor
             if flavor == "fpga":
                 w.raw(f"#pragma HLS ARRAY_PARTITION variable={out.name} " +
@@ -172,7 +191,8 @@ def _source(name: str, lowered: Lowered, options: HlsOptions) -> str:
             else "HLS C++ (io_parallel")
     w.lines([f"// {name}: kiln-generated {what}, reuse factor {reuse_text(lowered)}"
              + (")." if options.flavor == "fpga" else "."), f'#include "{name}.h"',
-             f'#include "{name}_weights.h"', '#include "kiln_layers.h"', ""])
+             f'#include "{name}_weights.h"', '#include "kiln_layers.h"',
+             *(f'#include "{h}"' for h in transformer_headers(lowered)), ""])
     for layer in lowered.layers:
         if layer.kind != "flatten":
             emit_layer(w, layer, options.flavor)
@@ -193,6 +213,7 @@ def emit_lowered(module: Module, lowered: Lowered, options: HlsOptions) -> dict[
              f"firmware/{name}_weights.h": _weights(name, lowered, options.flavor)}
     headers = ASIC_HEADERS if options.flavor == "asic" else RUNTIME_HEADERS
     files.update({f"firmware/{h}": runtime_header(h) for h in headers})
+    files.update({f"firmware/{h}": runtime_header(h) for h in transformer_headers(lowered)})
     files.update(project_files(name, lowered, options))
     return files
 

@@ -29,6 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from kiln.codegen.hls.transformer_kinds import (
+    TRANSFORMER_KINDS,
+    TRANSFORMER_OPS,
+    WEIGHTED_KINDS,
+    transformer_kind,
+    transformer_problem,
+)
 from kiln.errors import Diagnostic, KilnError
 from kiln.ir.analysis import layer_output as output_of
 from kiln.ir.graph import Module, Op, Value
@@ -49,7 +56,7 @@ SIMPLE_OPS = {"kiln.requantize": "requantize", "kiln.relu": "relu", "kiln.relu6"
               "kiln.reshape": "flatten", "kiln.flatten": "flatten"}
 ACTIVATION_OPS = {"kiln.fixed_activation": "activation", "kiln.lut_softmax": "softmax"}
 """Lookup-table and hard activations (`kiln.ir.ops.lut`, made by the `fixed-activations` pass)."""
-KINDS = {**DOT_OPS, **POOL_OPS, **SIMPLE_OPS, **ACTIVATION_OPS}
+KINDS = {**DOT_OPS, **POOL_OPS, **SIMPLE_OPS, **ACTIVATION_OPS, **TRANSFORMER_OPS}
 """IR op name → HLS layer kind (the templates in `include/kiln_layers.h`)."""
 SUPPORTED_ROUNDING = ("trn", "trn_zero", "rnd", "rnd_zero", "rnd_min_inf", "rnd_inf", "rnd_conv")
 SUPPORTED_SATURATION = ("wrap", "sat", "sat_zero", "sat_sym")
@@ -97,6 +104,8 @@ class HlsLayer:
         if self.weight is None:
             return 0
         per_channel = self.output.size // max(self.output.shape[0], 1)
+        if self.kind == "dense_rows":  # one pass over the weights per row
+            per_channel = self.output.size // max(self.output.shape[-1], 1)
         return self.nonzero_weights * (1 if self.kind == "dense" else per_channel)
 
     @property
@@ -225,12 +234,8 @@ class _Lowering:
         return True
 
     def check_pool(self, op: Op) -> None:
-        """Pools: no padding and no ceil mode in the HLS templates."""
-        if op.name not in POOL_OPS or "adaptive" in op.name:
-            return
-        if any(getattr(op.kind, "padding", ())) or getattr(op.kind, "ceil_mode", False):
-            self.problem(op, "pooling with padding or ceil_mode has no HLS implementation",
-                         "use padding=0 and ceil_mode=False")
+        """Pools: every padding, ceil_mode and count_include_pad the IR allows has a template
+        (`kiln_layers.h`, `kiln_stream_layers.h`); nothing to refuse."""
 
     def weight_of(self, value: Value) -> np.ndarray | None:
         producer = value.producer
@@ -239,7 +244,7 @@ class _Lowering:
         return np.asarray(self.module.weights[producer.kind.name], dtype=np.int64)
 
     def layer(self, op: Op) -> HlsLayer | None:
-        kind = KINDS.get(op.name)
+        kind = transformer_kind(op) or KINDS.get(op.name)
         if kind is None:
             self.problem(op, "has no HLS implementation (fixed-point layers supported: "
                          f"{', '.join(sorted(KINDS))})",
@@ -247,16 +252,21 @@ class _Lowering:
             return None
         for value in op.results:
             self.check_type(op, value)
-        data_operands = op.operands[:1] if kind in DOT_OPS.values() else op.operands
+        data_operands = op.operands[:1] if kind in DOT_OPS.values() or \
+            kind in WEIGHTED_KINDS else op.operands
         if kind == "mul" and data_operands[0].type.shape != op.results[0].type.shape:
             data_operands = data_operands[::-1]  # the full-size operand first
         if not self.layer_shapes(op, kind, data_operands):
+            return None
+        problem = transformer_problem(op, kind) if kind in TRANSFORMER_KINDS else None
+        if problem is not None:
+            self.problem(op, *problem)
             return None
         inputs = tuple(self.tensor(v) for v in data_operands)
         out = self.tensor(op.results[0])
         self.check_pool(op)
         extra: dict[str, object] = {}
-        if op.name in DOT_OPS:
+        if op.name in DOT_OPS or kind in WEIGHTED_KINDS:
             w, b = op.operands[1], (op.operands[2] if len(op.operands) > 2 else None)
             weight = self.weight_of(w)
             if weight is None or (b is not None and self.weight_of(b) is None):

@@ -6,6 +6,11 @@ integers of every output port per sample. With GOLDEN (same format as OUTPUT), e
 compared and the program exits 1 on any difference (bit-exact check). The `tb_data/` files of
 an exported project were written from kiln's interpreter (`tb_input_features.dat`,
 `tb_output_predictions.dat`), so `make csim` checks the C++ against kiln.
+
+Raw types (`hls_types`): every array is a `kiln::raw_t<W, S>`; `make csim` builds with native
+integers, `make csim-ap AP_TYPES=<dir with ap_int.h>` with the vendor's `ap_int<W>` (the
+types Vitis synthesizes) — both must give the same bits; the Makefile, `run_hls.tcl`,
+`hls_config.cfg` and README say so.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from kiln.codegen.hls.hls_types import AP_TYPES_NOTE, type_name
 from kiln.codegen.hls.layers import Lowered
 from kiln.codegen.names import comment
 from kiln.codegen.writer import CodeWriter
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
 TestbenchCall = Callable[[CodeWriter, str, Lowered], None]
 """Writes the testbench's top-function call (io_stream packs arrays into streams)."""
 CXXFLAGS = "-O2 -std=c++14 -Wall -Wno-unused-label -Wno-unknown-pragmas"
+AP_FLAG = "-DKILN_USE_AP_TYPES"
+"""Builds the C-simulation against the vendor's ap_int.h / hls_stream.h (`kiln_fixed.h`)."""
 
 
 def reuse_text(lowered: Lowered) -> str:
@@ -56,7 +64,7 @@ def testbench(name: str, lowered: Lowered, call: TestbenchCall | None = None) ->
             w.line(f"long long y[{max(n_out, 1)}];")
             w.line("size_t k = 0;")
             for i, t in enumerate(lowered.outputs):
-                w.line(f"for (int i = 0; i < {t.size}; i++) y[k++] = out{i}[i];")
+                w.line(f"for (int i = 0; i < {t.size}; i++) y[k++] = kiln::wide(out{i}[i]);")
             w.line(f"for (int i = 0; i < {n_out}; i++) fout << y[i] << "
                    f"(i + 1 < {n_out} ? ' ' : '\\n');")
             with w.block(f"if (argc > 3 && read_line(fgold, gold, {n_out}))"):
@@ -70,36 +78,46 @@ def testbench(name: str, lowered: Lowered, call: TestbenchCall | None = None) ->
 def _call(w: CodeWriter, name: str, lowered: Lowered) -> None:
     offset = 0
     for i, t in enumerate(lowered.inputs):
-        w.line(f"int64_t in{i}[{t.size}];")
+        w.line(f"{type_name(t)} in{i}[{t.size}];")
         w.line(f"for (int i = 0; i < {t.size}; i++) in{i}[i] = x[{offset} + i];")
         offset += t.size
     for i, t in enumerate(lowered.outputs):
-        w.line(f"int64_t out{i}[{t.size}];")
+        w.line(f"{type_name(t)} out{i}[{t.size}];")
     ports = [f"in{i}" for i in range(len(lowered.inputs))]
     ports += [f"out{i}" for i in range(len(lowered.outputs))]
     w.line(f"{name}({', '.join(ports)});")
 
 
 def makefile(name: str) -> str:
+    run = "tb_data/tb_input_features.dat tb_data/csim_results.dat " \
+          "tb_data/tb_output_predictions.dat"
     return "\n".join([
         f"# C-simulation of {name} with plain g++ (no Vitis needed).",
-        "CXX ?= g++", f"CXXFLAGS ?= {CXXFLAGS}", "",
-        ".PHONY: csim clean", "",
-        f"csim: csim_{name}",
-        f"\t./csim_{name} tb_data/tb_input_features.dat tb_data/csim_results.dat "
-        "tb_data/tb_output_predictions.dat", "",
+        f"# Arrays hold {AP_TYPES_NOTE}.",
+        "# `make csim` uses native integers; `make csim-ap AP_TYPES=<dir with ap_int.h>` (e.g.",
+        "# Vitis's include/ or hls4ml's templates/vivado/ap_types) builds the same code with the",
+        "# ap_int<W> types Vitis synthesizes: both must match tb_data/ bit for bit.",
+        "CXX ?= g++", f"CXXFLAGS ?= {CXXFLAGS}", "AP_TYPES ?= $(XILINX_HLS)/include", "",
+        ".PHONY: csim csim-ap clean", "",
+        f"csim: csim_{name}", f"\t./csim_{name} {run}", "",
+        f"csim-ap: csim_ap_{name}", f"\t./csim_ap_{name} {run}", "",
         f"csim_{name}: tb_{name}.cpp firmware/{name}.cpp firmware/*.h",
         f"\t$(CXX) $(CXXFLAGS) -Ifirmware -o $@ tb_{name}.cpp firmware/{name}.cpp", "",
-        "clean:", f"\trm -f csim_{name} tb_data/csim_results.dat", ""])
+        f"csim_ap_{name}: tb_{name}.cpp firmware/{name}.cpp firmware/*.h",
+        f"\t$(CXX) $(CXXFLAGS) {AP_FLAG} -isystem $(AP_TYPES) -Ifirmware -o $@ "
+        f"tb_{name}.cpp firmware/{name}.cpp", "",
+        "clean:", f"\trm -f csim_{name} csim_ap_{name} tb_data/csim_results.dat", ""])
 
 
 def run_hls_tcl(name: str, options: HlsOptions) -> str:
     period = 1000.0 / options.clock_mhz
     return "\n".join([
         f"# Vitis HLS script for {name}: vitis_hls -f run_hls.tcl",
+        f"# Arrays hold {AP_TYPES_NOTE}: Vitis defines __SYNTHESIS__ (csynth) and kiln adds",
+        f"# {AP_FLAG} to csim/cosim, so every run uses ap_int<W>.",
         f"open_project -reset {name}_prj", f"set_top {name}",
-        f"add_files firmware/{name}.cpp -cflags \"-std=c++14 -Ifirmware\"",
-        f"add_files -tb tb_{name}.cpp -cflags \"-std=c++14 -Ifirmware\"",
+        f"add_files firmware/{name}.cpp -cflags \"-std=c++14 {AP_FLAG} -Ifirmware\"",
+        f"add_files -tb tb_{name}.cpp -cflags \"-std=c++14 {AP_FLAG} -Ifirmware\"",
         "add_files -tb tb_data", "open_solution -reset solution1 -flow_target vivado",
         f"set_part {{{options.part}}}", f"create_clock -period {period:.3f} -name default",
         "csim_design -argv {tb_data/tb_input_features.dat tb_data/csim_results.dat "
@@ -112,11 +130,13 @@ def run_hls_tcl(name: str, options: HlsOptions) -> str:
 def hls_config(name: str, options: HlsOptions) -> str:
     return "\n".join([
         f"# v++ -c --mode hls --config hls_config.cfg  (Vitis 2023.2+ unified flow) for {name}",
+        f"# Arrays hold {AP_TYPES_NOTE}.",
         f"part={options.part}", "", "[hls]", "flow_target=vivado",
         "package.output.format=ip_catalog",
         f"clock={1000.0 / options.clock_mhz:.3f}ns", f"syn.top={name}",
-        f"syn.file=firmware/{name}.cpp", "syn.cflags=-std=c++14 -Ifirmware",
-        f"tb.file=tb_{name}.cpp", "tb.file=tb_data", "tb.cflags=-std=c++14 -Ifirmware",
+        f"syn.file=firmware/{name}.cpp", f"syn.cflags=-std=c++14 {AP_FLAG} -Ifirmware",
+        f"tb.file=tb_{name}.cpp", "tb.file=tb_data",
+        f"tb.cflags=-std=c++14 {AP_FLAG} -Ifirmware",
         "csim.argv=tb_data/tb_input_features.dat tb_data/csim_results.dat "
         "tb_data/tb_output_predictions.dat", ""])
 
@@ -130,10 +150,15 @@ def readme(name: str, lowered: Lowered, options: HlsOptions) -> str:
         f"# {name}: HLS project generated by kiln", "",
         *_flow_lines(lowered, options),
         "- `make csim` builds the C-simulation with g++ and checks it bit for bit against the",
-        "  golden vectors kiln's interpreter wrote to `tb_data/` (exit status 1 on a mismatch).",
+        "  golden vectors kiln's interpreter wrote to `tb_data/` (exit status 1 on a mismatch);",
+        "  `make csim-ap AP_TYPES=<dir with ap_int.h>` does the same with the vendor's types.",
         *_tool_lines(options), "",
         "Ports carry raw fixed-point integers (value = raw * 2^-F, F = W - I of the port's type",
-        f"in `firmware/{name}.h`). Host-side steps kiln does around the IP: quantize the inputs,",
+        f"in `firmware/{name}.h`). Types: every array, stream and accumulator holds "
+        f"{AP_TYPES_NOTE}; `firmware/{name}.h` has one typedef per tensor (its width is the",
+        "`type` column below), each layer's products and window sums have their own",
+        "exact-width typedef.",
+        "Host-side steps kiln does around the IP: quantize the inputs,",
         f"dequantize the outputs, and the float tail ({tail}).", "",
         "| function | kind | output shape | type | non-zero weights | source |",
         "|---|---|---|---|---|---|", *rows, ""])
@@ -151,7 +176,9 @@ def _tool_lines(options: HlsOptions) -> list[str]:
     if options.flavor == "asic":
         return ["- For an ASIC HLS flow (Catapult, Stratus, ...): set the top function, the",
                 "  clock and the tool's own loop/memory directives; the weight arrays in",
-                "  `firmware/*_weights.h` are ROMs (see the note there on memory mapping)."]
+                "  `firmware/*_weights.h` are ROMs (see the note there on memory mapping).",
+                "  Under `__SYNTHESIS__` the raws are `ap_int<W>`; a tool without `ap_int.h`",
+                "  builds with `-DKILN_NATIVE_TYPES` (the narrowest native integers)."]
     return ["- `vitis_hls -f run_hls.tcl` runs csim, csynth, cosim and exports the IP;",
             "  `v++ -c --mode hls --config hls_config.cfg` is the unified-flow equivalent."]
 
@@ -166,4 +193,4 @@ def project_files(name: str, lowered: Lowered, options: HlsOptions,
     return files
 
 
-__all__ = ["CXXFLAGS", "project_files", "reuse_text", "testbench"]
+__all__ = ["AP_FLAG", "CXXFLAGS", "project_files", "reuse_text", "testbench"]

@@ -2,12 +2,14 @@
 
 One family per module: core (weight, constant, cast, return), elementwise, nn_conv, nn_pool,
 nn_norm, shape, reduce, quant, qnn + qnn_pool (integer quantized ops), fused, layout (NHWC
-twins), lut (fixed-point FPGA activations). `all_ops()` lists what is registered.
+twins), lut (fixed-point FPGA activations), fixed_norm (fixed-point layer norm and GELU).
+`all_ops()` lists what is registered.
 """
 
 from kiln.ir.ops import (
     core,
     elementwise,
+    fixed_norm,
     fused,
     layout,
     lut,
@@ -22,6 +24,6 @@ from kiln.ir.ops import (
 )
 from kiln.ir.ops.base import OpDef, all_ops, lookup_op, register_op
 
-__all__ = ["OpDef", "all_ops", "core", "elementwise", "fused", "layout", "lookup_op", "lut",
-           "nn_conv", "nn_norm", "nn_pool", "qnn", "qnn_pool", "quant", "reduce", "register_op",
-           "shape"]
+__all__ = ["OpDef", "all_ops", "core", "elementwise", "fixed_norm", "fused", "layout",
+           "lookup_op", "lut", "nn_conv", "nn_norm", "nn_pool", "qnn", "qnn_pool", "quant",
+           "reduce", "register_op", "shape"]

@@ -163,9 +163,14 @@ def _is_product(op: Op) -> bool:
 
 def layer_shapes(module: Module) -> list[LayerShape]:
     """Every costed layer of `module.main`, in program order."""
+    from kiln.targets.cost.fpga_transformer import transformer_shapes  # (imports this module)
+
     layers: list[LayerShape] = []
     for op in module.main.walk():
-        if op.name in DOT_OPS:
+        special = transformer_shapes(module, op)
+        if special is not None:
+            layers.extend(special)
+        elif op.name in DOT_OPS:
             layers.append(dot_layer(module, op))
         elif _is_product(op):
             layers.append(product_layer(op))

@@ -1,10 +1,29 @@
-// kiln_fixed.h: kiln's fixed-point conversions for HLS C++ that builds with plain g++.
+// kiln_fixed.h: kiln's fixed-point raws and conversions for HLS C++ (g++ C-simulation and
+// Vitis HLS synthesis alike).
 //
 // A value of kiln's `fixed<W,I,signed,Q,O>` (ap_fixed<W,I,Q,O>) is held as its raw integer
-// (value = raw * 2^-(W-I)) in an int64_t. Arithmetic on raws is exact: kiln's type rules
-// (kiln/ir/fixed_arith.py, the same as ap_fixed's) give every product and accumulator enough
-// bits, so int64 never overflows. Narrowing happens only in kiln::requantize, which mirrors
-// ap_fixed's converting assignment bit for bit:
+// (value = raw * 2^-(W-I)) in a `kiln::raw_t<W, S>`: an integer type of exactly that width.
+//   - plain g++ C-simulation: the narrowest native integer that holds the raws (int8_t,
+//     int16_t, int32_t or int64_t; an unsigned W-bit raw takes a signed type of W+1 bits, so
+//     mixed expressions never go through unsigned C arithmetic);
+//   - under Vitis (`__SYNTHESIS__`) or with `-DKILN_USE_AP_TYPES` (a C-simulation against the
+//     vendor headers, e.g. Xilinx's ap_int.h shipped with hls4ml): `ap_int<W>` / `ap_uint<W>`,
+//     so the synthesized registers, multipliers and adders have the layer's real widths;
+//   - `-DKILN_NATIVE_TYPES` forces the native integers (an HLS tool that defines __SYNTHESIS__
+//     but ships no ap_int.h, e.g. an ASIC flow with its own bit-accurate types).
+// Weight and bias ROMs use `kiln::rom_t<W, S>`: ap_int<W> under __SYNTHESIS__ (a ROM of the
+// weights' real width) or with -DKILN_AP_WEIGHTS, the native raw type otherwise, also in a
+// KILN_USE_AP_TYPES C-simulation: g++ compiles tens of thousands of ap_int initializers
+// very slowly (minutes for lenet5), and the raws read from either are the same integers.
+// The generated code declares one typedef per tensor, weight and product type from kiln's type
+// rules (kiln/ir/fixed_arith.py, the same as ap_fixed's): every product and accumulator type
+// holds its exact result, so no arithmetic on raws ever overflows, in either mode. Products go
+// through `kiln::mul<PT>` (the exact product type PT, never a promoted C int), alignments
+// through `kiln::shl<S>`, and values are read as int64_t (`kiln::wide`) only inside the
+// conversions below. Both modes give the same bits (tests/unit/test_hls_ap_types.py).
+//
+// Narrowing happens only in kiln::requantize, which mirrors ap_fixed's converting assignment
+// bit for bit:
 //   rounding  (Q): KILN_TRN floor, KILN_TRN_ZERO toward zero, KILN_RND ties up,
 //                  KILN_RND_ZERO ties toward zero, KILN_RND_MIN_INF ties down,
 //                  KILN_RND_INF ties away from zero, KILN_RND_CONV ties to even;
@@ -12,13 +31,15 @@
 //                  of range, KILN_SAT_SYM clamp to [-max, max] (signed; the most negative
 //                  raw itself becomes -max, as in kiln.ir.fixed).
 // AP_WRAP_SM is not emitted by kiln's HLS generator (the generator refuses it).
-//
-// The same header serves C-simulation under g++ and synthesis: raws are plain integers; the
-// generated code only shifts, adds, multiplies and compares them.
 #ifndef KILN_FIXED_H
 #define KILN_FIXED_H
 
 #include <stdint.h>
+
+#if (defined(__SYNTHESIS__) || defined(KILN_USE_AP_TYPES)) && !defined(KILN_NATIVE_TYPES)
+#define KILN_AP_TYPES 1
+#include "ap_int.h"
+#endif
 
 namespace kiln {
 
@@ -26,11 +47,82 @@ enum Rounding { KILN_TRN, KILN_TRN_ZERO, KILN_RND, KILN_RND_ZERO, KILN_RND_MIN_I
                 KILN_RND_INF, KILN_RND_CONV };
 enum Overflow { KILN_WRAP, KILN_SAT, KILN_SAT_ZERO, KILN_SAT_SYM };
 
+template <bool C, typename A, typename B>
+struct pick {
+    typedef A type;
+};
+template <typename A, typename B>
+struct pick<false, A, B> {
+    typedef B type;
+};
+template <int W, bool S>
+struct native_type {
+    static const int BITS = S ? W : W + 1;  // unsigned raws in a signed type (header comment)
+    typedef typename pick<BITS <= 8, int8_t, typename pick<BITS <= 16, int16_t,
+        typename pick<BITS <= 32, int32_t, int64_t>::type>::type>::type type;
+};
+
+#ifdef KILN_AP_TYPES
+template <int W, bool S>
+struct raw_type {
+    typedef ap_int<W> type;
+};
+template <int W>
+struct raw_type<W, false> {
+    typedef ap_uint<W> type;
+};
+typedef ap_int<128> wide_t;  // the conversions' exact intermediate (no __int128 in synthesis)
+#else
+template <int W, bool S>
+struct raw_type : native_type<W, S> {};
 typedef __int128 wide_t;
+#endif
+
+// The raw type of fixed<W, I, S, ...> (header comment).
+template <int W, bool S>
+using raw_t = typename raw_type<W, S>::type;
+
+// The element type of a weight or bias ROM (header comment).
+#if defined(KILN_AP_TYPES) && (defined(__SYNTHESIS__) || defined(KILN_AP_WEIGHTS))
+template <int W, bool S>
+using rom_t = raw_t<W, S>;
+#else
+template <int W, bool S>
+using rom_t = typename native_type<W, S>::type;
+#endif
+
+// A raw of any width read as int64_t (kiln's raws never exceed 64 bits).
+template <typename T>
+inline int64_t wide(const T& v) {
+    return (int64_t)v;
+}
+
+// The exact product a * b in its product type PT (W = Wa + Wb): ap_int's operator* is exact
+// already; native operands are widened to PT first (a promoted `int` product could overflow).
+template <typename PT, typename A, typename B>
+inline PT mul(const A& a, const B& b) {
+#ifdef KILN_AP_TYPES
+    return a * b;
+#else
+    return (PT)((PT)a * (PT)b);
+#endif
+}
+
+// v * 2^S in v's own type (S >= 0; the type rules make room for the aligned value). A shift on
+// ap_int; a multiply in int64 on native types (a left shift of a negative value is undefined
+// behaviour before C++20).
+template <int S, typename T>
+inline T shl(const T& v) {
+#ifdef KILN_AP_TYPES
+    return v << S;
+#else
+    return (T)(wide(v) * ((int64_t)1 << S));
+#endif
+}
 
 // floor(raw / 2^d) plus the rounding increment of mode Q (d > 0): the rounded integer.
 template <Rounding Q>
-inline wide_t round_shift(wide_t raw, int d) {
+inline wide_t round_shift(const wide_t& raw, int d) {
     if (d > 100) d = 100;  // |raw| < 2^63: any shift beyond 64 bits rounds the same way
     const wide_t one = 1;
     const wide_t q = raw >> d;  // arithmetic shift: floor
@@ -48,7 +140,8 @@ inline wide_t round_shift(wide_t raw, int d) {
         case KILN_RND_INF: up = r > half || (r == half && !neg); break;
         case KILN_RND_CONV: up = r > half || (r == half && (q & 1) != 0); break;
     }
-    return q + (up ? 1 : 0);
+    const wide_t result = up ? wide_t(q + 1) : q;
+    return result;
 }
 
 // Raw of fixed<W, W-DST_F, S, Q, O> for a raw with `src_f` fraction bits (ap_fixed's
@@ -65,15 +158,18 @@ inline int64_t requantize_dyn(int64_t raw, int src_f) {
         // negative value: undefined behaviour before C++20)
     }
     const wide_t one = 1;
-    const wide_t hi = S ? (one << (W - 1)) - 1 : (one << W) - 1;
-    const wide_t lo = S ? -(one << (W - 1)) : 0;
+    const wide_t hi = S ? wide_t((one << (W - 1)) - 1) : wide_t((one << W) - 1);
+    const wide_t lo = S ? wide_t(-(one << (W - 1))) : wide_t(0);
+    const wide_t neg_hi = -hi;
     // sat_sym never yields the most negative raw of a signed type: it counts as underflow
-    if (O == KILN_SAT_SYM && S && W > 1 && v == lo) return (int64_t)(-hi);
+    if (O == KILN_SAT_SYM && S && W > 1 && v == lo) return (int64_t)neg_hi;
     if (v >= lo && v <= hi) return (int64_t)v;
     switch (O) {
-        case KILN_SAT: return (int64_t)(v > hi ? hi : lo);
+        case KILN_SAT: return v > hi ? (int64_t)hi : (int64_t)lo;
         case KILN_SAT_ZERO: return 0;
-        case KILN_SAT_SYM: return (int64_t)(v > hi ? hi : (S ? (W == 1 ? -1 : -hi) : lo));
+        case KILN_SAT_SYM:
+            if (v > hi) return (int64_t)hi;
+            return S ? (W == 1 ? -1 : (int64_t)neg_hi) : (int64_t)lo;
         case KILN_WRAP: break;
     }
     const wide_t mask = (one << W) - 1;
@@ -82,10 +178,10 @@ inline int64_t requantize_dyn(int64_t raw, int src_f) {
     return (int64_t)low;
 }
 
-// The same with the source's fraction bits known at compile time.
-template <int SRC_F, int W, int DST_F, bool S, Rounding Q, Overflow O>
-inline int64_t requantize(int64_t raw) {
-    return requantize_dyn<W, DST_F, S, Q, O>(raw, SRC_F);
+// The same with the source's fraction bits known at compile time, from a raw of any type.
+template <int SRC_F, int W, int DST_F, bool S, Rounding Q, Overflow O, typename T>
+inline raw_t<W, S> requantize(const T& raw) {
+    return (raw_t<W, S>)requantize_dyn<W, DST_F, S, Q, O>(wide(raw), SRC_F);
 }
 
 // Integer division total / count (count > 0) rounded with mode Q: average pools.
