@@ -47,6 +47,7 @@ import numpy as np
 from kiln.codegen.c import COptions, CProgram, lower
 from kiln.codegen.c.emitter import flops
 from kiln.codegen.c.kernels import check_supported
+from kiln.codegen.c.options import PARALLEL_MIN_FLOPS
 from kiln.errors import KilnError
 from kiln.ir.graph import Module
 from kiln.targets.cache import BuildCache, atomic_write, cache_key
@@ -55,7 +56,8 @@ from kiln.targets.toolchains import gcc
 
 OPTIONS: dict[str, Any] = {"threads": 1, "march": "native", "cache_dir": None,
                            "sanitize": False, "const_weights": None, "cc": "gcc",
-                           "quantize": None, "max_arena_bytes": None, "sparse": "auto"}
+                           "quantize": None, "max_arena_bytes": None, "sparse": "auto",
+                           "parallel_min_flops": PARALLEL_MIN_FLOPS}
 STAGING_BYTES = 64 * 1024
 """Tensors up to this size are copied through preallocated buffers (cheaper than asking NumPy
 for a fresh pointer on every call); larger ones are passed in place."""
@@ -77,6 +79,10 @@ class CpuOptions:
     sparse: str = "auto"
     """`auto`: sparse kernels for encoded weights where faster; `off`: dense kernels only;
     `always`: sparse kernels regardless of the cost rule (benchmarks, tests)."""
+    parallel_min_flops: int = PARALLEL_MIN_FLOPS
+    """With threads > 1: the least work (FLOPs per batch index) of a kernel whose blocks run
+    on several threads (default `kiln.codegen.c.options.PARALLEL_MIN_FLOPS`); 0: every
+    blockable kernel."""
 
     @staticmethod
     def of(options: Mapping[str, Any]) -> CpuOptions:
@@ -99,9 +105,12 @@ class CpuOptions:
         if sparse not in ("auto", "off", "always"):
             raise KilnError(f"sparse={sparse!r} is not a cpu target option value",
                             hint='use sparse="auto" (sparse kernels where faster) or "off"')
+        least = options.get("parallel_min_flops", PARALLEL_MIN_FLOPS)
+        if not isinstance(least, int) or isinstance(least, bool) or least < 0:
+            raise KilnError(f"parallel_min_flops must be a non-negative integer, got {least!r}")
         return CpuOptions(threads, march, None if cache_dir is None else str(cache_dir),
                           bool(options.get("sanitize", False)), options.get("const_weights"),
-                          str(options.get("cc", "gcc")), limit, sparse)
+                          str(options.get("cc", "gcc")), limit, sparse, least)
 
 
 def _aligned(data: bytes | int) -> np.ndarray:
@@ -336,7 +345,7 @@ def build(module: Module, options: Mapping[str, Any]) -> CpuArtifact:
     toolchain = gcc.find(opts.cc)
     width = gcc.vector_width(toolchain, opts.march)
     program = lower(module, COptions(width, opts.threads, opts.const_weights, opts.sparse,
-                                     opts.march))
+                                     opts.march, opts.parallel_min_flops))
     _check_arena(program, opts.max_arena_bytes)
     flags = gcc.flags(opts.march, opts.threads, opts.sanitize)
     cache = BuildCache(opts.cache_dir)

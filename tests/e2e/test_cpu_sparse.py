@@ -217,7 +217,7 @@ def test_threads_share_the_sparse_weights(cache: Path, rng: np.random.Generator)
     pipeline = sparsify_weights(model, dict(zip(LAYERS, ROTATIONS[0])), 0.9, rng)
     x = rng.standard_normal((37, 4, 7, 7)).astype(np.float32)
     art = kiln.compile(model, x, target="cpu", pipeline=pipeline, sparse="always",
-                       cache_dir=cache, threads=2)
+                       cache_dir=cache, threads=2, parallel_min_flops=0)
     assert "omp parallel" in art.files["model.c"]
     check(art, model, x)
 

@@ -188,7 +188,8 @@ def test_end_to_end_matches_torch_sanitized_with_threads(tmp_path: Path) -> None
     torch.manual_seed(11)
     net = Net().eval()
     x = torch.randn(3, 3, 13, 10)
-    art = kiln.compile(net, x, target="cpu", threads=2, sanitize=True, cache_dir=tmp_path)
+    art = kiln.compile(net, x, target="cpu", threads=2, sanitize=True, cache_dir=tmp_path,
+                       parallel_min_flops=0)
     kernels = " ".join(k["kernel"] for k in art.report()["kernels"])
     for scheme in ("conv implicit gemm", "conv 1x1 gemm", "grouped conv implicit gemm",
                    "conv wide implicit gemm"):

@@ -48,6 +48,7 @@ from kiln.codegen.c.gemm_anchors import Anchor, Block, DirectConvAnchor, anchor_
 from kiln.codegen.c.options import TILE_FLOATS
 from kiln.codegen.c.params import float_literal
 from kiln.codegen.writer import CodeWriter
+from kiln.ir.costs import op_flops
 from kiln.ir.graph import Op, Value
 from kiln.ir.ops.elementwise import Clamp, Relu, Relu6
 
@@ -146,12 +147,19 @@ class _Driver:
         size = min(size, n)
         return size, -(-n // size), single
 
+    def worth_threads(self) -> bool:
+        """Whether one parallel region (the blocks of one batch index) has enough work to pay
+        for waking the other threads (`COptions.parallel_min_flops`)."""
+        batches = math.prod(self.space[d] for d in self.view.batch)
+        least = self.ctx.options.parallel_min_flops
+        return op_flops(self.group.anchor) // max(batches, 1) >= least
+
     # -- emission -----------------------------------------------------------------------------
     def emit(self) -> None:
         ctx, view = self.ctx, self.view
         self.anchor.setup()
         size, count, single = self.blocking()
-        threads = ctx.options.threads if count > 1 else 1
+        threads = ctx.options.threads if count > 1 and self.worth_threads() else 1
         other = view.cols_n if view.by_rows else view.rows_n
         self.tile_floats = size * other
         tile_base = ctx.scratch(self.tile_floats * threads) if self.tiled else ""
@@ -198,7 +206,7 @@ class _Driver:
         finally:
             ctx.w = self.actx.w = w
         text = body.text()
-        if count > 1:
+        if count > 1 and threads > 1:
             pragma = ctx.parallel_for()
             if pragma:
                 w.line(pragma)

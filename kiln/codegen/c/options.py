@@ -13,6 +13,13 @@ TILE_FLOATS = 16 * 1024
 """Floats in one epilogue tile (64 KiB): a GEMM block whose epilogue runs while it is hot."""
 
 
+PARALLEL_MIN_FLOPS = 1_000_000
+"""Default least work (FLOPs per batch index, one OpenMP parallel region each) worth running on
+several threads: about 20 µs on one core here, the order of a fork/join whose workers sleep
+(OMP_WAIT_POLICY=PASSIVE). Measured: with a region per image and kernel, the digits CNN at
+batch 64 ran 13x slower on 2 threads than on 1; with this floor, as fast."""
+
+
 @dataclass(frozen=True)
 class COptions:
     """How to generate C for one model.
@@ -32,6 +39,9 @@ class COptions:
     kernels wherever the encoding allows (benchmarks and tests)."""
     march: str = "native"
     """The `-march` the exported Makefile builds with (the cpu target's `march` option)."""
+    parallel_min_flops: int = PARALLEL_MIN_FLOPS
+    """With threads > 1, a GEMM-like kernel's blocks run in parallel only when its anchor does
+    at least this many FLOPs per batch index (see `PARALLEL_MIN_FLOPS`)."""
 
     @property
     def mr(self) -> int:
