@@ -130,3 +130,23 @@ def test_float_module_costed_at_default_width() -> None:
     module = kiln.trace(torch.nn.Linear(8, 4).eval(), (x,))
     (layer,) = estimate(module).report()["layers"]
     assert layer["dsp"] == 32 and "w 16b" in layer["precision"]
+
+
+def test_lookup_rom_copies_follow_the_reads_per_cycle() -> None:
+    """A layer reading a lookup-table ROM (GELU's Φ, layer norm's 1/sqrt) pays BRAM for it:
+    one dual-port copy per two reads a cycle needs, so the count falls with the reuse factor."""
+    from kiln.targets.cost.fpga_estimate import dot_cost
+    from kiln.targets.cost.fpga_layers import LayerShape
+
+    part = get_part("xcvu9p")
+    rom = 1024 * 17  # one BRAM18K
+    gelu = LayerShape("g", "kiln.fixed_gelu", "gelu", 1, 64, 1, 64, 64, 16, 17, 33, 16, 0, 64,
+                      rom_bits=rom, rom_reads=64)
+    brams = {rf: dot_cost(gelu, rf, "parallel", part).bram for rf in (1, 2, 8, 64)}
+    assert brams == {1: 32, 2: 16, 8: 4, 64: 1}
+    norm = LayerShape("n", "kiln.fixed_layer_norm", "layer_norm", 16, 16, 4, 48, 48, 16, 16,
+                      40, 16, 512, 64, rom_bits=3 * 18432 + 1, rom_reads=1)
+    assert dot_cost(norm, 1, "parallel", part).bram == 4
+    plain = LayerShape("n", "kiln.fixed_layer_norm", "layer_norm", 16, 16, 4, 48, 48, 16, 16,
+                       40, 16, 512, 64)
+    assert dot_cost(plain, 1, "parallel", part).bram == 0

@@ -124,6 +124,9 @@ def dot_cost(layer: LayerShape, rf: int, io: IoMode, part: Part) -> LayerCost:
                 + fabric * adder_luts(layer.acc_bits) + layer.n_out * adder_luts(layer.out_bits))
     cost.ff = fabric * (layer.in_bits + layer.w_bits + layer.acc_bits) + output_ff(layer, io)
     cost.bram, cost.uram = mem.bram, mem.uram
+    if layer.rom_bits:  # a lookup-table ROM: copies for the reads one cycle needs
+        copies = math.ceil(math.ceil(layer.rom_reads / rf) / 2)
+        cost.bram += max(copies, 1) * math.ceil(layer.rom_bits / 18432)
     return cost
 
 

@@ -60,6 +60,10 @@ class LayerShape:
     out_numel: int
     window: int = 1
     line_buffer_bits: int = 0
+    rom_bits: int = 0
+    """Bits of the lookup table the layer reads (one copy; layer norm's 1/sqrt, GELU's Φ)."""
+    rom_reads: int = 0
+    """Table reads per output position: each dual-port BRAM copy serves two per cycle."""
 
     @property
     def precision(self) -> str:

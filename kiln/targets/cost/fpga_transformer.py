@@ -8,10 +8,10 @@ by the reuse factor, an adder tree, output registers):
   no row at all, like reshape.
 - `kiln.fixed_layer_norm` over rows of D: 3·D multipliers per row (the squares c_i², c_i·R
   and n_i·γ_i), n_in = D (the adder tree of the mean and variance sums), one row per
-  position; the 1/sqrt ROM (3/4·table_size words of ~20 bits, one read per row) and the
-  leading-one encoder are not counted (a few hundred LUTs or one BRAM18K per layer).
-- `kiln.fixed_gelu`: one multiplier per element (x·Φ), the Φ ROM (1024 x 17 bits, one
-  BRAM18K per two lanes when not shared) not counted.
+  position; the 1/sqrt ROM (3/4·table_size words of ~20 bits, one read per row) counted as
+  BRAM18K (`LayerShape.rom_bits`); the leading-one encoder is not counted (a few LUTs).
+- `kiln.fixed_gelu`: one multiplier per element (x·Φ) and the Φ ROM (table_size x 17 bits):
+  one dual-port copy per two reads a cycle needs (elements / reuse factor).
 - `kiln.mul` by a scalar weight (attention's 1/sqrt(d_head), the HLS `scale` layer): a
   product by a constant is shifts and adds in the fabric (none at all for a power of two
   such as 1/4), so no DSP: costed as an elementwise layer, one adder of the output width
@@ -25,15 +25,30 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from kiln.ir.analysis import layer_output as output_of
 from kiln.ir.graph import Module, Op
-from kiln.ir.ops.fixed_norm import FixedGelu, FixedLayerNorm, layer_norm_bits
+from kiln.ir.ops.fixed_norm import (
+    GELU_TABLE_FRAC,
+    FixedGelu,
+    FixedLayerNorm,
+    layer_norm_bits,
+    rsqrt_table,
+)
 from kiln.ir.types import FixedType
 from kiln.targets.cost.fpga_layers import LayerShape, bits_of
 
 FREE = ("kiln.transpose",)
 LAYER_NORM_MULTS = 3
 """Multipliers per element of a layer norm: c², c·R, n·γ."""
+PHI_WORD_BITS = GELU_TABLE_FRAC + 1
+"""Width of a Φ table word (GELU: Φ in [0, 1] with 16 fraction bits)."""
+
+
+def _rom_bits(table: np.ndarray) -> int:
+    """Bits of a ROM holding `table` (non-negative words of the widest entry's width)."""
+    return table.size * int(table.max(initial=0)).bit_length()
 
 
 def _layer_norm(module: Module, op: Op) -> LayerShape:
@@ -49,15 +64,18 @@ def _layer_norm(module: Module, op: Op) -> LayerShape:
                               kind.table_size, kind.eps)
     w_bits = bits_of(gamma)
     return LayerShape(name, op.name, "layer_norm", row, row, rows, mults, mults, bits_of(x),
-                      w_bits, acc, bits_of(out.type), 2 * row * w_bits, out.type.numel)
+                      w_bits, acc, bits_of(out.type), 2 * row * w_bits, out.type.numel,
+                      rom_bits=_rom_bits(rsqrt_table(kind.table_size, row)), rom_reads=1)
 
 
 def _gelu(op: Op) -> LayerShape:
     name, out = output_of(op)
     n = out.type.numel
     x_bits = bits_of(op.operands[0].type)
-    return LayerShape(name, op.name, "gelu", 1, n, 1, n, n, x_bits, 17, x_bits + 17,
-                      bits_of(out.type), 0, n)
+    table_size = op.kind.table_size  # type: ignore[attr-defined]
+    return LayerShape(name, op.name, "gelu", 1, n, 1, n, n, x_bits, PHI_WORD_BITS,
+                      x_bits + PHI_WORD_BITS, bits_of(out.type), 0, n,
+                      rom_bits=table_size * PHI_WORD_BITS, rom_reads=n)
 
 
 def _scale(op: Op) -> LayerShape:
