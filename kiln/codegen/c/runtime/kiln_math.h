@@ -98,41 +98,6 @@ KILN_INLINE float kiln_tanhf(float x) {
     return a < 0.625f ? small : big;
 }
 
-/* erf: Taylor series below 0.5, 1 - erfc (Numerical Recipes' erfcc, 1.2e-7 relative) above. */
-KILN_INLINE float kiln_erff(float x) {
-    float a = fabsf(x);
-    float z = x * x;
-    float s = -1.0f / 1320.0f;
-    s = s * z + 1.0f / 216.0f;
-    s = s * z - 1.0f / 42.0f;
-    s = s * z + 1.0f / 10.0f;
-    s = s * z - 1.0f / 3.0f;
-    float small = (s * z + 1.0f) * x * 1.12837916709551257f;
-    float t = 1.0f / (1.0f + 0.5f * a);
-    float q = 0.17087277f;
-    q = q * t - 0.82215223f;
-    q = q * t + 1.48851587f;
-    q = q * t - 1.13520398f;
-    q = q * t + 0.27886807f;
-    q = q * t - 0.18628806f;
-    q = q * t + 0.09678418f;
-    q = q * t + 0.37409196f;
-    q = q * t + 1.00002368f;
-    float big = 1.0f - t * kiln_expf(q * t - z - 1.26551223f);
-    big = x < 0.0f ? -big : big;
-    return a < 0.5f ? small : big;
-}
-
-KILN_INLINE float kiln_relu(float x) { return x < 0.0f ? 0.0f : x; }
-KILN_INLINE float kiln_clampf(float x, float lo, float hi) {
-    return x < lo ? lo : (x > hi ? hi : x);
-}
-KILN_INLINE float kiln_relu6(float x) { return kiln_clampf(x, 0.0f, 6.0f); }
-KILN_INLINE float kiln_leaky_reluf(float x, float slope) { return x >= 0.0f ? x : x * slope; }
-KILN_INLINE float kiln_sigmoidf(float x) { return 1.0f / (1.0f + kiln_expf(-x)); }
-KILN_INLINE float kiln_siluf(float x) { return x * kiln_sigmoidf(x); }
-KILN_INLINE float kiln_hardsigmoidf(float x) { return kiln_clampf(x / 6.0f + 0.5f, 0.0f, 1.0f); }
-KILN_INLINE float kiln_hardswishf(float x) { return x * kiln_clampf(x + 3.0f, 0.0f, 6.0f) / 6.0f; }
 /* erfc(a) for a >= 0: Numerical Recipes' erfcc (1.2e-7 relative), no cancellation. */
 KILN_INLINE float kiln_erfc_posf(float a) {
     float t = 1.0f / (1.0f + 0.5f * a);
@@ -147,6 +112,31 @@ KILN_INLINE float kiln_erfc_posf(float a) {
     q = q * t + 1.00002368f;
     return t * kiln_expf(q * t - a * a - 1.26551223f);
 }
+/* erf: Taylor series below 0.5, 1 - erfc (Numerical Recipes' erfcc, 1.2e-7 relative) above. */
+KILN_INLINE float kiln_erff(float x) {
+    float a = fabsf(x);
+    float z = x * x;
+    float s = -1.0f / 1320.0f;
+    s = s * z + 1.0f / 216.0f;
+    s = s * z - 1.0f / 42.0f;
+    s = s * z + 1.0f / 10.0f;
+    s = s * z - 1.0f / 3.0f;
+    float small = (s * z + 1.0f) * x * 1.12837916709551257f;
+    float big = 1.0f - kiln_erfc_posf(a); /* a * a == z exactly */
+    big = x < 0.0f ? -big : big;
+    return a < 0.5f ? small : big;
+}
+
+KILN_INLINE float kiln_relu(float x) { return x < 0.0f ? 0.0f : x; }
+KILN_INLINE float kiln_clampf(float x, float lo, float hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+KILN_INLINE float kiln_relu6(float x) { return kiln_clampf(x, 0.0f, 6.0f); }
+KILN_INLINE float kiln_leaky_reluf(float x, float slope) { return x >= 0.0f ? x : x * slope; }
+KILN_INLINE float kiln_sigmoidf(float x) { return 1.0f / (1.0f + kiln_expf(-x)); }
+KILN_INLINE float kiln_siluf(float x) { return x * kiln_sigmoidf(x); }
+KILN_INLINE float kiln_hardsigmoidf(float x) { return kiln_clampf(x / 6.0f + 0.5f, 0.0f, 1.0f); }
+KILN_INLINE float kiln_hardswishf(float x) { return x * kiln_clampf(x + 3.0f, 0.0f, 6.0f) / 6.0f; }
 /* gelu(x) = x/2 (1 + erf(x/sqrt 2)); for x < 0 as x/2 erfc(-x/sqrt 2), which keeps its
  * relative accuracy in the tail (1 + erf cancels: 4% off at x = -4.8). */
 KILN_INLINE float kiln_geluf(float x) {
