@@ -1,5 +1,6 @@
 /* kiln_qmatmul.c: see kiln_qmatmul.h. */
 #include "kiln_qmatmul.h"
+#include "kiln_qgemm.h" /* kiln_rmulshift: requant.py's single rounding */
 
 #include <string.h>
 
@@ -54,19 +55,16 @@ KILN_QMM_HELPER void kiln_qmm_requant(const kiln_qmatmul_params* p, const uint32
                                       int n0, int nn, int32_t* y) {
     const int64_t zo = p->zo, lo = p->lo, hi = p->hi;
     if (!p->per_column) {  /* loop-invariant multiplier and shift: vectorizes */
-        const int64_t m = p->mult[0];
-        const int t = 31 - p->shift[0];
-        const int64_t rounding = (int64_t)1 << (t - 1);
+        const int32_t m = p->mult[0];
+        const int e = p->shift[0];
         for (int n = 0; n < KILN_QMM_NB; ++n) {
-            int64_t v = (((int64_t)(int32_t)acc[n] * m + rounding) >> t) + zo;
+            int64_t v = kiln_rmulshift((int32_t)acc[n], m, e) + zo;
             y[n] = (int32_t)(v < lo ? lo : (v > hi ? hi : v));
         }
         return;
     }
     for (int n = 0; n < nn; ++n) {  /* per column: no multipliers past column N */
-        const int t = 31 - p->shift[n0 + n];
-        int64_t v = (int64_t)(int32_t)acc[n] * p->mult[n0 + n] + ((int64_t)1 << (t - 1));
-        v = (v >> t) + zo;
+        int64_t v = kiln_rmulshift((int32_t)acc[n], p->mult[n0 + n], p->shift[n0 + n]) + zo;
         y[n] = (int32_t)(v < lo ? lo : (v > hi ? hi : v));
     }
 }
