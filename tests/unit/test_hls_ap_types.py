@@ -3,9 +3,10 @@
 exactly the raws of the plain g++ build (native integers) and of kiln's interpreter, on random
 inputs from a fresh seed (printed on failure); tolerance 0 everywhere.
 
-Also: kiln_fixed.h's conversions under ap types (its exact intermediate is `ap_int<128>`
-there), every array of the generated code declared with its tensor's width, and pools with
-padding / ceil_mode / count_include_pad (io parallel and stream) bit-exact with the interpreter.
+Also: kiln_fixed.h's conversions under ap types (from int64 raws; the exact-width
+intermediates from ap_int raws: tests/unit/test_hls_requantize_width.py), every array of the
+generated code declared with its tensor's width, and pools with padding / ceil_mode /
+count_include_pad (io parallel and stream) bit-exact with the interpreter.
 The default run builds the ap_int C-simulation of the digits CNN (io parallel) and of a
 conv / padded-pool / dense net (io stream), ~45 s on a loaded machine; every other bundled
 model and io mode is `slow` (~15-35 s each; the digits CNN's stream case also declares the
@@ -98,7 +99,7 @@ def test_ap_types_build_matches_native_all_models(name: str, io: str, cache: Pat
 
 
 def test_kiln_fixed_conversions_under_ap_types(tmp_path: Path) -> None:
-    """requantize (every rounding/saturation mode) and divide_round with ap_int<128> inside."""
+    """requantize (every rounding/saturation mode) from int64 raws, and divide_round."""
     (tmp_path / "kiln_fixed.h").write_text(runtime_header("kiln_fixed.h"))
     (tmp_path / "t.cpp").write_text(_program(ONE_PER_MODE))
     subprocess.run(["g++", "-O1", "-std=c++14", "-w", "-DKILN_USE_AP_TYPES", "-isystem",

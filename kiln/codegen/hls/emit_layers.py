@@ -6,7 +6,8 @@ layer accumulates in its output type (kiln's exact accumulator type) with produc
 `<layer>_p_t` typedef written before the function, an average pool sums in `<layer>_sum_t`.
 The reuse factor R decides the pragmas as in hls4ml: `PIPELINE II=R` on the layer, weights and
 activations partitioned `complete` for R = 1, `cyclic factor=ceil(N/R)` otherwise, so each
-multiplier is reused R times. Weights are emitted by `emit_weights` as const arrays of raw
+multiplier is reused R times; the lookup tables a layer reads get `BIND_STORAGE` pragmas sized
+for R (`rom_pragmas`). Weights are emitted by `emit_weights` as const arrays of raw
 integers of the weight type's width (`<layer>_w_t`, `<layer>_b_t` typedefs). With
 `flavor="asic"` the same function is written without any pragma (see `emitter`).
 """
@@ -31,6 +32,7 @@ from kiln.codegen.hls.hls_types import (
     weight_typedefs,
 )
 from kiln.codegen.hls.layers import HlsLayer, HlsTensor
+from kiln.codegen.hls.rom_pragmas import emit_rom_pragmas
 from kiln.codegen.hls.transformer_kinds import TRANSFORMER_KINDS
 from kiln.codegen.names import comment
 from kiln.codegen.writer import CodeWriter
@@ -105,11 +107,21 @@ def emit_layer(w: CodeWriter, layer: HlsLayer, flavor: str = "fpga") -> None:
     with w.block(signature(layer)):
         if flavor == "fpga":
             w.raw("#pragma HLS INLINE off")
-            w.raw(f"#pragma HLS PIPELINE II={layer.reuse_factor}")
+            w.raw(f"#pragma HLS PIPELINE II={_ii(layer)}")
         if layer.weight is not None and flavor == "fpga":
             _partition(w, f"{layer.name}_w", layer.weight.size, layer.reuse_factor)
+        if flavor == "fpga" and layer.io == "parallel":
+            emit_rom_pragmas(w, layer, _ii(layer))
         w.line(_call(layer) + ";")
     w.blank()
+
+
+def _ii(layer: HlsLayer) -> int:
+    """The layer's pipeline II: its reuse factor, capped at the element count for a table
+    layer (more cycles than reads share nothing; the estimator caps it the same way)."""
+    if layer.table_error is not None and layer.weight is None:
+        return min(layer.reuse_factor, max(layer.output.size, 1))
+    return layer.reuse_factor
 
 
 def _call(layer: HlsLayer) -> str:

@@ -6,35 +6,46 @@
 The architecture costed is hls4ml's (latency strategy, `io_parallel` / `io_stream`):
 
 - **dot layers** (dense, matmul, conv): `mults` non-zero products per output position are
-  shared by `reuse_factor` (RF), so ceil(mults / RF) multipliers are instantiated, each with
-  an accumulator adder of the exact accumulator width (in the DSP's 48-bit post-adder and
-  pipeline registers when the product is on a DSP, else LUTs and FFs in the fabric); RF must
+  shared by `reuse_factor` (RF), so ceil(mults / RF) multipliers are instantiated; RF must
   divide the dense product count n_in * n_out (hls4ml's valid RFs), other values snap to the
-  nearest divisor. Latency per
-  position = RF + ceil(log2 n_in) + `MULT_PIPELINE` (multiplier and adder-tree stages); a conv
-  visits its output positions one after the other, so its II is positions * RF. With RF = 1
-  the weights are constants folded into the multipliers; with RF > 1 they are a ROM of RF
-  words of (multipliers * weight bits), in LUTRAM, BRAM or URAM (`fpga_resources`), and the
-  inputs go through an RF:1 multiplexer per multiplier.
+  nearest divisor. With RF = 1 the layer is one unrolled product + adder tree: every product
+  gets a fabric adder of the accumulator width (the tree is not a DSP cascade) and
+  `FF_PER_PRODUCT` pipeline registers, and the whole tree is chained into as few clock
+  periods as its delay allows (`chain_cycles`). With RF > 1 each multiplier accumulates RF
+  terms (in the DSP's 48-bit post-adder when the product is on a DSP, else LUTs and FFs),
+  latency per position = RF + the tree's chained cycles; the weights are then a ROM of RF
+  words of (multipliers * weight bits) in LUTRAM, BRAM or URAM (`fpga_resources`), and the
+  inputs go through an RF:1 multiplexer per multiplier. A conv visits its output positions
+  one after the other, so its II is positions * RF.
 - **elementwise / pools**: fully unrolled over the tensor in parallel mode (one lane per
-  element), over the channels in stream mode (one pixel per cycle); one comparator/adder of
-  the element width per window element.
-- **lookup-table ops** (softmax, sigmoid, ...): hls4ml's 1024-entry tables, one BRAM18K per
-  two lanes (dual-ported ROM) in parallel mode, one in stream mode; softmax normalises with
-  one multiplier per lane.
+  element), over the channels in stream mode (one pixel per cycle). An elementwise op
+  (ReLU, clamp, add) is `ELEMENTWISE_LUT_PER_BIT` LUTs per output bit and, in parallel mode,
+  combinational (0 cycles, no registers: the consumer registers it); a pool is one
+  comparator/adder of the element width per window element.
+- **lookup-table ops** (softmax, sigmoid, ...): hls4ml's 1024-entry tables. In parallel
+  mode the layer is pipelined at II = RF (any RF up to its element count), so its reads are
+  shared over RF cycles: ceil(ceil(reads / RF) / 2) dual-port copies of each table (the
+  `BIND_STORAGE` pragmas `codegen/hls/rom_pragmas` emits; one BRAM18K per copy of a 16-bit
+  table), softmax's 1/sum table (one read per row) besides, and ceil(lanes / RF) softmax
+  multipliers; latency RF - 1 plus a cycle per table read (softmax: exp, 1/sum, then the
+  product: 3). Stream mode: one copy per table.
 - **io="stream"**: a FIFO between layers, `positions` deep and one pixel (n_out * bits) wide,
   and (k-1) line buffers per k x k convolution. **io="parallel"**: every activation sits in
   registers (FFs).
 - model II = the slowest layer's II (layers are pipelined / dataflow); model latency = the sum
   of layer latencies (an upper bound in stream mode, where layers overlap).
 
-The rule of thumb hls4ml documents holds by construction: a 16-bit dense layer takes
-n_in * n_out / RF DSPs. The architecture is the one the hls4ml paper describes (Duarte et
-al., JINST 13 P07027, 2018; jet-tagging MLP 16-64-32-32-5 at ap_fixed<16,6>: one multiplier
-per product at RF = 1, RF-fold sharing otherwise). The coefficients (LUT per bit-product, one
-LUT per adder bit, the pipeline depth) are documented engineering rules, not fitted against
-synthesis reports (no vendor tools on this machine, and no published per-layer LUT/FF tables
-were at hand): treat the LUT/FF figures as rough.
+**Grounding** (`fpga_reference`: published hls4ml C-synthesis reports; the test
+`tests/unit/test_fpga_reference.py` holds the estimator to stated bands around them). Fitted
+from those reports: `ELEMENTWISE_LUT_PER_BIT` (hls4ml ReLU rows), `FF_PER_PRODUCT` and the
+fabric adder per product at RF = 1 (the jet MLP's dense rows), the one-cycle chained tree
+and the table latencies (the per-layer latencies at 200 MHz), softmax's extra ROM (its 4
+BRAM18K), and the LUT multiplier's `LUT_PER_BIT_PRODUCT` (`fpga_resources`). Still
+engineering guesses, not fitted: the per-level delay `CHAIN_NS_PER_LEVEL` beyond the one
+clock the data constrains, everything at RF > 1 (ROM, muxes, DSP accumulation), stream-mode
+latencies, pools, and the DSP count at RF = 1, which is an upper bound: Vivado HLS narrows
+constant weights and builds many of them as shift-add logic (the trained jet MLP used 2118
+DSPs where kiln counts 4261 non-zero products), a choice that depends on the weight values.
 """
 
 from __future__ import annotations
@@ -57,7 +68,18 @@ from kiln.targets.cost.fpga_resources import (
 )
 
 IoMode = Literal["parallel", "stream"]
-MULT_PIPELINE = 3
+MULT_LEVELS = 2
+"""A multiplier's delay counted in adder levels (an 16x16 DSP product ~ two carry chains)."""
+CHAIN_NS_PER_LEVEL = 0.55
+"""Delay of one chained level (adder + routing). Constrained by the reference data only as far
+as 64-input dot products (6 adder levels + a product) fitting one 5 ns clock (Vivado HLS
+2019.2 estimated 4.29 ns for the whole jet MLP), so it stays a guess within that bound."""
+FF_PER_PRODUCT = 1.6
+"""Pipeline registers per product of an RF = 1 dot layer (fitted: the jet MLP's four dense
+rows, 9030 FF for 4256 products less their output registers)."""
+ELEMENTWISE_LUT_PER_BIT = 1.75
+"""LUTs per output bit of an elementwise op (fitted: hls4ml's ReLU rows, 28 LUTs per 16-bit
+element, exactly, at 64 and 32 elements)."""
 DSP_ACC_BITS = 48
 TABLE_SIZE = 1024
 RESOURCES = ("dsp", "lut", "ff", "bram", "uram")
@@ -82,7 +104,11 @@ class LayerCost:
 
 
 def valid_reuse_factors(layer: LayerShape) -> list[int]:
-    """hls4ml's valid RFs for a dot layer: the divisors of n_in * n_out (others: [1])."""
+    """hls4ml's valid RFs for a dot layer: the divisors of n_in * n_out; a lookup-table
+    layer's: 1 .. its element count (the emitted function is pipelined at II = RF, any RF,
+    its table reads shared over RF cycles); others: [1]."""
+    if layer.kind == "table":
+        return list(range(1, max(layer.out_numel, 1) + 1))
     n = layer.dense_mults
     if n <= 0:
         return [1]
@@ -108,25 +134,38 @@ def memory_luts(mem: Memory) -> int:
     return mem.lutram
 
 
-def dot_cost(layer: LayerShape, rf: int, io: IoMode, part: Part) -> LayerCost:
+def chain_cycles(levels: int, clock_mhz: float) -> int:
+    """Clock periods a combinational chain of `levels` adder levels takes (at least one)."""
+    period_ns = 1000.0 / clock_mhz
+    return max(math.ceil(levels * CHAIN_NS_PER_LEVEL / period_ns - 1e-9), 1)
+
+
+def dot_cost(layer: LayerShape, rf: int, io: IoMode, part: Part,
+             clock_mhz: float = 200) -> LayerCost:
     """Cost of a dense / conv layer (module docstring)."""
     inst = math.ceil(layer.mults / rf)
     dsp_each, lut_each = multiplier_cost(layer.in_bits, layer.w_bits, part.dsp_kind)
-    depth = rf + max(layer.n_in - 1, 0).bit_length() + MULT_PIPELINE
+    tree = max(layer.n_in - 1, 0).bit_length() + MULT_LEVELS
+    depth = rf - 1 + chain_cycles(tree, clock_mhz)
     cost = LayerCost(layer.name, layer.kind, rf, (layer.positions - 1) * rf + depth,
                      layer.positions * rf, layer.mults * layer.positions, layer.precision)
     mem = memory_cost(rf, inst * layer.w_bits, part) if rf > 1 else Memory()
     if io == "stream":
         mem = mem + Memory(bram=math.ceil(layer.line_buffer_bits / 18432))
     cost.dsp = inst * dsp_each
-    fabric = 0 if dsp_each and layer.acc_bits <= DSP_ACC_BITS else inst
     cost.lut = (inst * (lut_each + mux_luts(layer.in_bits, rf)) + mem.lutram
-                + fabric * adder_luts(layer.acc_bits) + layer.n_out * adder_luts(layer.out_bits))
-    cost.ff = fabric * (layer.in_bits + layer.w_bits + layer.acc_bits) + output_ff(layer, io)
+                + layer.n_out * adder_luts(layer.out_bits))
+    cost.ff = output_ff(layer, io)
+    if rf == 1:  # an unrolled adder tree in the fabric, lightly pipelined (module docstring)
+        cost.lut += inst * adder_luts(layer.acc_bits)
+        cost.ff += math.ceil(inst * FF_PER_PRODUCT)
+    else:
+        fabric = 0 if dsp_each and layer.acc_bits <= DSP_ACC_BITS else inst
+        cost.lut += fabric * adder_luts(layer.acc_bits)
+        cost.ff += fabric * (layer.in_bits + layer.w_bits + layer.acc_bits)
     cost.bram, cost.uram = mem.bram, mem.uram
     if layer.rom_bits:  # a lookup-table ROM: copies for the reads one cycle needs
-        copies = math.ceil(math.ceil(layer.rom_reads / rf) / 2)
-        cost.bram += max(copies, 1) * math.ceil(layer.rom_bits / 18432)
+        cost.bram += rom_copies(layer.rom_reads, rf) * math.ceil(layer.rom_bits / 18432)
     return cost
 
 
@@ -135,7 +174,7 @@ def output_ff(layer: LayerShape, io: IoMode) -> int:
     return (layer.out_numel if io == "parallel" else layer.n_out) * layer.out_bits
 
 
-def simple_cost(layer: LayerShape, io: IoMode) -> LayerCost:
+def simple_cost(layer: LayerShape, io: IoMode, rf: int = 1) -> LayerCost:
     """Cost of an activation, pool, elementwise or lookup-table layer (module docstring)."""
     lanes = layer.out_numel if io == "parallel" else layer.n_out
     serial = 1 if io == "parallel" else layer.positions
@@ -143,13 +182,30 @@ def simple_cost(layer: LayerShape, io: IoMode) -> LayerCost:
     cost = LayerCost(layer.name, layer.kind, 1, serial + depth, serial, 0, layer.precision)
     cost.lut = lanes * max(layer.window - 1, 1) * adder_luts(layer.out_bits)
     cost.ff = output_ff(layer, io)
+    softmax = "softmax" in layer.op
+    if layer.kind == "elementwise":
+        cost.lut = math.ceil(lanes * layer.out_bits * ELEMENTWISE_LUT_PER_BIT)
+        if io == "parallel":  # combinational: the consumer's registers hold it
+            cost.latency_cycles, cost.ff = 0, 0
     if layer.kind == "table":
         tables = math.ceil(TABLE_SIZE * layer.out_bits / 18432)
-        cost.bram = tables * (math.ceil(lanes / 2) if io == "parallel" else 1)
-        cost.latency_cycles += 3 + max(layer.n_out - 1, 0).bit_length()
-        if "softmax" in layer.op:
-            cost.dsp = lanes
+        cost.bram = tables
+        if io == "parallel":  # the copies `rom_pragmas` states: two reads a cycle each
+            cost.bram = tables * rom_copies(lanes, rf)
+            if softmax:  # the 1/sum ROM, one read per row
+                cost.bram += tables * rom_copies(max(lanes // max(layer.row, 1), 1), rf)
+            cost.latency_cycles = rf - 1 + (3 if softmax else 1)  # a cycle per ROM read
+            cost.ii, cost.reuse_factor = rf, rf
+        else:
+            cost.latency_cycles += 3 + max(layer.n_out - 1, 0).bit_length()
+        if softmax:
+            cost.dsp = math.ceil(lanes / rf) if io == "parallel" else lanes
     return cost
+
+
+def rom_copies(reads: int, rf: int) -> int:
+    """Dual-port ROM copies serving `reads` reads per call pipelined at II = rf."""
+    return max(math.ceil(math.ceil(reads / rf) / 2), 1)
 
 
 def fifo_cost(layer: LayerShape, part: Part) -> Memory:
@@ -254,7 +310,7 @@ def estimate_layers(shapes: list[LayerShape], *, part: str = "xczu9eg",
         raise KilnError(f"clock_mhz={clock_mhz} must be positive")
     device = get_part(part)
     shapes = [with_bits(s, (bits or {}).get(s.name)) for s in shapes]
-    costs = [dot_cost(s, rf, io, device) if s.dense_mults else simple_cost(s, io)
+    costs = [dot_cost(s, rf, io, device, clock_mhz) if s.dense_mults else simple_cost(s, io, rf)
              for s, rf in zip(shapes, reuse_for(shapes, reuse_factor), strict=True)]
     fifo = Memory()
     if io == "stream":
@@ -263,5 +319,5 @@ def estimate_layers(shapes: list[LayerShape], *, part: str = "xczu9eg",
     return FpgaEstimate(device, clock_mhz, io, costs, fifo)
 
 
-__all__ = ["FpgaEstimate", "LayerCost", "estimate", "estimate_layers", "snap_reuse",
-           "valid_reuse_factors"]
+__all__ = ["FpgaEstimate", "LayerCost", "chain_cycles", "estimate", "estimate_layers",
+           "snap_reuse", "valid_reuse_factors"]

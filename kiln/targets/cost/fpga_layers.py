@@ -64,6 +64,8 @@ class LayerShape:
     """Bits of the lookup table the layer reads (one copy; layer norm's 1/sqrt, GELU's Φ)."""
     rom_reads: int = 0
     """Table reads per output position: each dual-port BRAM copy serves two per cycle."""
+    row: int = 1
+    """Elements per row of a row-wise table op (softmax: one 1/sum read per row)."""
 
     @property
     def precision(self) -> str:
@@ -145,8 +147,9 @@ def simple_layer(op: Op) -> LayerShape:
     lanes = out.type.shape[1] if len(out.type.shape) > 2 else out.type.numel
     positions = max(out.type.numel // max(lanes, 1), 1)
     bits = bits_of(out.type)
+    row = out.type.shape[-1] if out.type.shape else 1
     return LayerShape(name, op.name, kind, window, lanes, positions, 0, 0, bits_of(x), 0, bits,
-                      bits, 0, out.type.numel, window=window)
+                      bits, 0, out.type.numel, window=window, row=row)
 
 
 def product_layer(op: Op) -> LayerShape:

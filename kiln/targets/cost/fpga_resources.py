@@ -2,8 +2,10 @@
 
 **Multipliers** (hls4ml / FINN practice, Vivado's inference rules): a product whose operand
 widths sum to at most `LUT_PRODUCT_BITS` (10: e.g. 5x5, 4x6, 2x8), or with a 1- or 2-bit
-operand, is built from LUTs at `LUT_PER_BIT_PRODUCT` LUT6 per partial-product bit (a*b bits;
-8x8 ≈ 64 LUTs, in line with Vivado's ~60-70 for a signed 8x8 LUT multiplier). Wider products
+operand, is built from LUTs at `LUT_PER_BIT_PRODUCT` LUT6 per partial-product bit (a*b bits).
+That coefficient is fitted (`fpga_reference.LUT_MULTIPLIERS`): an 18x18 LUT multiplier takes
+365 / 401 LUTs as Vivado's IP core and ~411 when Vivado HLS is forced to build hls4ml's
+multipliers in LUTs (hls4ml issue #99), mean 392 / 324 bit-products = 1.2. Wider products
 go to DSP slices: a DSP48E2 multiplies 27x18 signed (DSP48E1 25x18, DSP58 27x24), so a
 product takes ceil(wide/port_a) * ceil(narrow/port_b) slices (16x16 -> 1, 24x24 -> 2 on a
 DSP48E2, 32x32 -> 4).
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from kiln.targets.cost.fpga_parts import DspKind, Part
 
 LUT_PRODUCT_BITS = 10
-LUT_PER_BIT_PRODUCT = 1.0
+LUT_PER_BIT_PRODUCT = 1.2
 BRAM18K_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
 LUTRAM_DEPTH = 64
 URAM_SHAPE = (4096, 72)

@@ -44,9 +44,10 @@ from kiln.codegen.hls.emit_stream_plan import Edge, Stage, StreamPlan, plan_stre
 from kiln.codegen.hls.layers import HlsLayer, Lowered, ReuseFactor, lower
 from kiln.ir.graph import Module
 from kiln.targets.cost.fpga_estimate import (
-    MULT_PIPELINE,
+    MULT_LEVELS,
     FpgaEstimate,
     LayerCost,
+    chain_cycles,
     dot_cost,
     output_ff,
     simple_cost,
@@ -208,14 +209,15 @@ def _last(o: int, size: int, outs: int, layer: HlsLayer, axis: int) -> int:
     return min(max(hi, 0), size - 1)
 
 
-def _timing(stage: Stage, cost: LayerCost) -> tuple[int, int]:
+def _timing(stage: Stage, cost: LayerCost, clock_mhz: float) -> tuple[int, int]:
     """(cycles between issues, pipeline depth) of one output beat."""
     layer = stage.layer
     epilogue = sum(la.kind != "requantize" for la in stage.epilogue)  # a cycle per clamp
     if layer is not None and layer.weight is not None:
         n_in = layer.weight.size // stage.out_layout.lanes
         rf = cost.reuse_factor
-        return rf, rf + max(n_in - 1, 0).bit_length() + MULT_PIPELINE + epilogue
+        tree = max(n_in - 1, 0).bit_length() + MULT_LEVELS  # dot_cost's chained tree
+        return rf, rf - 1 + chain_cycles(tree, clock_mhz) + epilogue
     window = _window(layer) if layer is not None and "pool" in layer.kind else 1
     return 1, 1 + max(window - 1, 0).bit_length() + epilogue
 
@@ -223,7 +225,9 @@ def _timing(stage: Stage, cost: LayerCost) -> tuple[int, int]:
 class _Schedule:
     """Write times of every edge's beats and read times at its consumer (module docstring)."""
 
-    def __init__(self, plan: StreamPlan, costs: dict[str, LayerCost]) -> None:
+    def __init__(self, plan: StreamPlan, costs: dict[str, LayerCost],
+                 clock_mhz: float) -> None:
+        self.clock_mhz = clock_mhz
         self.written: dict[str, list[int]] = {e.name: list(range(e.layout.beats))
                                               for e in plan.inputs}
         self.read: dict[str, list[int]] = {}
@@ -233,7 +237,7 @@ class _Schedule:
             self.run(stage, costs[stage.name])
 
     def run(self, stage: Stage, cost: LayerCost) -> None:
-        ii, depth = _timing(stage, cost)
+        ii, depth = _timing(stage, cost, self.clock_mhz)
         need = _need(stage)
         ins = [self.written[e.name] for e in stage.inputs]
         reads: list[int] = []
@@ -295,7 +299,7 @@ def estimate_plan(plan: StreamPlan, *, part: str = "xczu9eg",
     """Cost, schedule and size the FIFOs of `plan` (its edges get their depths)."""
     device = get_part(part)
     costs = {s.name: stage_cost(s, device) for s in plan.stages}
-    sched = _Schedule(plan, costs)
+    sched = _Schedule(plan, costs, clock_mhz)
     joined = _reconvergent(plan)
     fifo, rows = Memory(), []
     for edge in plan.edges:

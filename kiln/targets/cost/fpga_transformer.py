@@ -8,8 +8,9 @@ by the reuse factor, an adder tree, output registers):
   no row at all, like reshape.
 - `kiln.fixed_layer_norm` over rows of D: 3·D multipliers per row (the squares c_i², c_i·R
   and n_i·γ_i), n_in = D (the adder tree of the mean and variance sums), one row per
-  position; the 1/sqrt ROM (3/4·table_size words of ~20 bits, one read per row) counted as
-  BRAM18K (`LayerShape.rom_bits`); the leading-one encoder is not counted (a few LUTs).
+  position; the 1/sqrt ROM (3/4·table_size words of ~20 bits, one read per row, every row
+  read in the one pipelined call, as `codegen/hls/rom_pragmas` states) counted as BRAM18K
+  (`LayerShape.rom_bits`); the leading-one encoder is not counted (a few LUTs).
 - `kiln.fixed_gelu`: one multiplier per element (x·Φ) and the Φ ROM (table_size x 17 bits):
   one dual-port copy per two reads a cycle needs (elements / reuse factor).
 - `kiln.mul` by a scalar weight (attention's 1/sqrt(d_head), the HLS `scale` layer): a
@@ -65,7 +66,7 @@ def _layer_norm(module: Module, op: Op) -> LayerShape:
     w_bits = bits_of(gamma)
     return LayerShape(name, op.name, "layer_norm", row, row, rows, mults, mults, bits_of(x),
                       w_bits, acc, bits_of(out.type), 2 * row * w_bits, out.type.numel,
-                      rom_bits=_rom_bits(rsqrt_table(kind.table_size, row)), rom_reads=1)
+                      rom_bits=_rom_bits(rsqrt_table(kind.table_size, row)), rom_reads=rows)
 
 
 def _gelu(op: Op) -> LayerShape:

@@ -71,7 +71,7 @@ template <int W>
 struct raw_type<W, false> {
     typedef ap_uint<W> type;
 };
-typedef ap_int<128> wide_t;  // the conversions' exact intermediate (no __int128 in synthesis)
+typedef ap_int<128> wide_t;  // requantize_dyn's intermediate (no __int128 in synthesis)
 #else
 template <int W, bool S>
 struct raw_type : native_type<W, S> {};
@@ -120,15 +120,41 @@ inline T shl(const T& v) {
 #endif
 }
 
-// floor(raw / 2^d) plus the rounding increment of mode Q (d > 0): the rounded integer.
-template <Rounding Q>
-inline wide_t round_shift(const wide_t& raw, int d) {
-    if (d > 100) d = 100;  // |raw| < 2^63: any shift beyond 64 bits rounds the same way
-    const wide_t one = 1;
-    const wide_t q = raw >> d;  // arithmetic shift: floor
-    const wide_t r = raw - q * (one << d);  // 0 <= r < 2^d (q * 2^d: q may be negative,
+// Bits of a raw of type T, sign included (an unsigned type counts one more, as in native_type):
+// the width the exact conversion intermediate is sized from (requantize below).
+template <typename T>
+struct raw_bits {
+    static const int value = 8 * (int)sizeof(T) + ((T)(-1) < (T)0 ? 0 : 1);
+};
+#ifdef KILN_AP_TYPES
+template <int N>
+struct raw_bits<ap_int<N> > {
+    static const int value = N;
+};
+template <int N>
+struct raw_bits<ap_uint<N> > {
+    static const int value = N + 1;
+};
+template <int N, bool S>
+struct raw_bits<ap_int_base<N, S> > {
+    static const int value = S ? N : N + 1;
+};
+#endif
+
+template <int A, int B>
+struct max_int {
+    static const int value = A > B ? A : B;
+};
+
+// floor(raw / 2^d) plus the rounding increment of mode Q (0 < d <= the bits of V less two):
+// the rounded integer, in V.
+template <Rounding Q, typename V>
+inline V round_shift(const V& raw, int d) {
+    const V one = 1;
+    const V q = raw >> d;  // arithmetic shift: floor
+    const V r = raw - q * (one << d);  // 0 <= r < 2^d (q * 2^d: q may be negative,
     // and a left shift of a negative value is undefined behaviour before C++20)
-    const wide_t half = one << (d - 1);
+    const V half = one << (d - 1);
     const bool neg = raw < 0;
     bool up = false;
     switch (Q) {
@@ -140,27 +166,24 @@ inline wide_t round_shift(const wide_t& raw, int d) {
         case KILN_RND_INF: up = r > half || (r == half && !neg); break;
         case KILN_RND_CONV: up = r > half || (r == half && (q & 1) != 0); break;
     }
-    const wide_t result = up ? wide_t(q + 1) : q;
+    const V result = up ? V(q + 1) : q;
     return result;
 }
 
-// Raw of fixed<W, W-DST_F, S, Q, O> for a raw with `src_f` fraction bits (ap_fixed's
-// operator=); the source's fraction bits may be known only at run time (softmax).
-template <int W, int DST_F, bool S, Rounding Q, Overflow O>
-inline int64_t requantize_dyn(int64_t raw, int src_f) {
-    const int d = src_f - DST_F;
-    wide_t v = raw;
+// ap_fixed's converting assignment on a raw v held in V, shifted by d = source fraction bits
+// - DST_F (d > 0 rounds with Q, d < 0 scales up exactly), then fitted to W bits with O.
+// V must hold v << -d, 2^(d+1) and 2^(W+1) (the callers size it so).
+template <int W, bool S, Rounding Q, Overflow O, typename V>
+inline int64_t convert_raw(V v, int d) {
     if (d > 0) {
         v = round_shift<Q>(v, d);
     } else if (d < 0) {
-        const int up = -d > 64 ? 64 : -d;
-        v = v * (wide_t(1) << up);  // exact in 128 bits for |raw| < 2^63 (no shift of a
-        // negative value: undefined behaviour before C++20)
+        v = v * (V(1) << -d);  // exact (no shift of a negative value: undefined before C++20)
     }
-    const wide_t one = 1;
-    const wide_t hi = S ? wide_t((one << (W - 1)) - 1) : wide_t((one << W) - 1);
-    const wide_t lo = S ? wide_t(-(one << (W - 1))) : wide_t(0);
-    const wide_t neg_hi = -hi;
+    const V one = 1;
+    const V hi = S ? V((one << (W - 1)) - 1) : V((one << W) - 1);
+    const V lo = S ? V(-(one << (W - 1))) : V(0);
+    const V neg_hi = -hi;
     // sat_sym never yields the most negative raw of a signed type: it counts as underflow
     if (O == KILN_SAT_SYM && S && W > 1 && v == lo) return (int64_t)neg_hi;
     if (v >= lo && v <= hi) return (int64_t)v;
@@ -172,16 +195,50 @@ inline int64_t requantize_dyn(int64_t raw, int src_f) {
             return S ? (W == 1 ? -1 : (int64_t)neg_hi) : (int64_t)lo;
         case KILN_WRAP: break;
     }
-    const wide_t mask = (one << W) - 1;
-    wide_t low = v & mask;
+    const V mask = (one << W) - 1;
+    V low = v & mask;
     if (S && (low >> (W - 1)) != 0) low -= one << W;
     return (int64_t)low;
 }
 
-// The same with the source's fraction bits known at compile time, from a raw of any type.
+// Raw of fixed<W, W-DST_F, S, Q, O> for a raw with `src_f` fraction bits (ap_fixed's
+// operator=), when the source's fraction bits are known only at run time (softmax): computed
+// in the 128-bit wide_t, as no narrower bound is known at compile time.
+template <int W, int DST_F, bool S, Rounding Q, Overflow O>
+inline int64_t requantize_dyn(int64_t raw, int src_f) {
+    int d = src_f - DST_F;
+    d = d > 100 ? 100 : d;  // |raw| < 2^63: any shift beyond 64 bits rounds the same way
+    d = d < -64 ? -64 : d;
+    return convert_raw<W, S, Q, O>(wide_t(raw), d);
+}
+
+// The same with the source's fraction bits known at compile time, from a raw of any type T.
+// Under the vendor types the intermediate is ap_int<IW> with IW the exact width the
+// conversion needs (the raw's bits, plus the up-shift, plus a rounding carry; or the
+// down-shift's 2^(d+1); or the W-bit range bounds), so synthesis gets an adder and
+// comparators of that width, not 128-bit ones. A down-shift by more than the raw's bits
+// rounds exactly as one by bits + 1 (the quotient is 0 or -1 and the remainder's comparison
+// with the half does not change), so it is clamped there. Native C-simulation uses wide_t:
+// the same integers, so the same bits.
+template <int SRC_F, int W, int DST_F, typename T>
+struct convert_width {
+    static const int SW = raw_bits<T>::value;
+    static const int D = SRC_F - DST_F;
+    static const int UP = D < 0 ? -D : 0;
+    static const int DOWN = D > SW + 1 ? SW + 1 : (D > 0 ? D : 0);
+    static const int SHIFT = D > 0 ? DOWN : -UP;  // the shift convert_raw applies
+    static const int value = max_int<max_int<SW + UP + 1, DOWN + 2>::value, W + 2>::value;
+};
+
 template <int SRC_F, int W, int DST_F, bool S, Rounding Q, Overflow O, typename T>
 inline raw_t<W, S> requantize(const T& raw) {
-    return (raw_t<W, S>)requantize_dyn<W, DST_F, S, Q, O>(wide(raw), SRC_F);
+    typedef convert_width<SRC_F, W, DST_F, T> CW;
+#ifdef KILN_AP_TYPES
+    typedef ap_int<CW::value> V;
+#else
+    typedef wide_t V;
+#endif
+    return (raw_t<W, S>)convert_raw<W, S, Q, O>(V(raw), CW::SHIFT);
 }
 
 // Integer division total / count (count > 0) rounded with mode Q: average pools.

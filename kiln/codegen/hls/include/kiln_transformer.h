@@ -5,8 +5,8 @@
 // Every template is generic over its arrays' element types (deduced from the arguments: plain
 // integers in a g++ C-simulation, ap_int<W> under synthesis); arithmetic is exact in int64_t,
 // where kiln's type rules guarantee every intermediate fits (the IR verifier checks the layer
-// norm's widest one), and the only narrowing is kiln::requantize_dyn (kiln_fixed.h), which
-// mirrors ap_fixed's converting assignment.
+// norm's widest one), and the only narrowing is kiln::requantize (kiln_fixed.h, exact-width
+// intermediate under the vendor types), which mirrors ap_fixed's converting assignment.
 #ifndef KILN_TRANSFORMER_H
 #define KILN_TRANSFORMER_H
 
@@ -122,7 +122,7 @@ Rows:
             const int64_t n = (c[i] * inv + half) >> k;  // arithmetic shift: floor
             const int64_t acc = up_shift(n * (int64_t)gamma[i], SG) +
                                 up_shift((int64_t)beta[i], SB);
-            y[r * D + i] = (YT)requantize_dyn<W, FO, S, Q, O>(acc, FA);
+            y[r * D + i] = (YT)requantize<FA, W, FO, S, Q, O>(acc);
         }
     }
 }
@@ -135,7 +135,7 @@ void gelu(const XT x[N], YT y[N], const PT table[TSIZE]) {
     for (int i = 0; i < N; i++) {
         const int64_t v = (int64_t)x[i];
         const int64_t p = (int64_t)table[lut_index<TSIZE, SHIFT>(v)];
-        y[i] = (YT)requantize_dyn<W, FO, S, Q, O>(v * p, FP);
+        y[i] = (YT)requantize<FP, W, FO, S, Q, O>(v * p);
     }
 }
 
