@@ -16,9 +16,11 @@ matmul and the add of two activations, with a relu/relu6/clamp epilogue, become 
 (`kiln/ir/ops/qnn.py`): int8 operands, int32 accumulators and int32 bias, then the fixed-point
 requantization `(acc · M + 2^(t-1)) >> t`, + zero point, clamp (`kiln/ir/requant.py` states the
 arithmetic bit for bit). Shape ops and max pooling run on the integers, average pools and means
-become integer averages, and other ops (softmax, layer_norm, gelu, ...) stay float behind a
-dequantize / quantize boundary. Ops named in `keep-float` (op names such as `conv2d` or
-`kiln.linear`, result names, or module paths) stay float; so does every layer whose own
+become integer averages, unary functions (hardswish, sigmoid, gelu, ...) become 256-entry
+`kiln.qlut` tables and products of activations `kiln.qmul` (`quantize_eltwise.py`), and other
+ops (softmax, layer_norm, ...) stay float behind a dequantize / quantize boundary. Ops named
+in `keep-float` (op names such as `conv2d` or `kiln.linear`, result names, or module paths)
+stay float; so does every layer whose own
 relative RMS error on the first calibration batch exceeds `max-error` (when given).
 The result quantizes the inputs, computes in integers, and dequantizes the outputs; the
 interpreter runs it, and a C or HLS kernel can reproduce it bit for bit.
@@ -48,6 +50,7 @@ from kiln.ir.graph import Module
 from kiln.ir.interpret import interpret
 from kiln.ir.ops.fused import Fused
 from kiln.ir.ops.qnn import QNN_OPS
+from kiln.ir.ops.qnn_eltwise import QELTWISE_OPS
 from kiln.ir.ops.qnn_pool import QAvgPool1d, QAvgPool2d, QReduceMean
 from kiln.ir.ops.quant import Dequantize, Quantize
 from kiln.ir.types import QuantType
@@ -58,7 +61,7 @@ from kiln.passes.quantize_lower import Lowering, QuantReport, error_of
 from kiln.passes.quantize_options import QuantOptions
 from kiln.passes.registry import PassContext, register_pass
 
-INTEGER_OPS = (*QNN_OPS, QAvgPool1d, QAvgPool2d, QReduceMean)
+INTEGER_OPS = (*QNN_OPS, QAvgPool1d, QAvgPool2d, QReduceMean, *QELTWISE_OPS)
 
 
 def is_quantized(module: Module) -> bool:

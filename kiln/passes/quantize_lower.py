@@ -12,7 +12,9 @@ numbers. The lowering walks the entry function once, in order:
   become `kiln.clamp` on stored integers; concat first brings every input to the output's
   calibrated type with `kiln.qrescale`; average pools and means become `kiln.qavg_pool*` /
   `kiln.qreduce_mean` (same type);
-- **everything else** (softmax, layer_norm, gelu, ...) stays in float.
+- **unary functions and products** of twins (hardswish, sigmoid, gelu, ..., the
+  squeeze-excitation gate's mul) become `kiln.qlut` tables and `kiln.qmul` (`quantize_eltwise`);
+- **everything else** (softmax, layer_norm, ...) stays in float.
 
 Each lowered op's float result is replaced by `kiln.dequantize(twin)`, so float consumers keep
 working (that is the mixed-precision boundary) and integer consumers find the twin through the
@@ -38,6 +40,7 @@ from kiln.ir.rewriter import Rewriter
 from kiln.ir.types import QuantType
 from kiln.passes.calibrate import TensorStats, activation_type, observe_range
 from kiln.passes.fold_constants import known_value
+from kiln.passes.quantize_eltwise import TABLE_OPS, plan_mul, table_kind
 from kiln.passes.quantize_layers import (
     LayerPlan,
     clamp_range,
@@ -118,6 +121,7 @@ class Lowering:
             **{cls: self.lower_product for cls in PRODUCTS}, ew.Add: self.lower_add,
             **{cls: self.lower_passthrough for cls in PASSTHROUGH},
             **{cls: self.lower_activation for cls in (ew.Relu, ew.Relu6, ew.Clamp)},
+            ew.Mul: self.lower_mul, **{cls: self.lower_table for cls in TABLE_OPS},
             shape.Concat: self.lower_concat,
             **{cls: self.lower_average for cls in (nn_pool.AvgPool1d, nn_pool.AvgPool2d,
                                                    nn_pool.AdaptiveAvgPool1d,
@@ -214,6 +218,17 @@ class Lowering:
             return
         self.commit(plan)
 
+    def lower_mul(self, op: Op) -> None:
+        if any(known_value(v, self.module) is not None or v not in self.twins
+               for v in op.operands):
+            return
+        try:
+            plan = plan_mul(find_group(op), self.qtype)
+        except KilnError as exc:
+            self._keep(op, exc.diagnostics[0].message if exc.diagnostics else str(exc))
+            return
+        self.commit(plan)
+
     def commit(self, plan: LayerPlan) -> None:
         """Measure the plan's error; materialize it unless it exceeds `max-error`."""
         group = plan.group
@@ -291,6 +306,14 @@ class Lowering:
         kind = ew.Clamp(min=None if low is None else float(low),
                         max=None if high is None else float(high))
         self.replace_on_twins(op, kind, [self.twins[x]])
+
+    def lower_table(self, op: Op) -> None:
+        """A unary float function of a twin becomes a `kiln.qlut` (`quantize_eltwise`)."""
+        if op.operands[0] not in self.twins:
+            return
+        kind = table_kind(op, self.qtype, tuple(self.rules))
+        if kind is not None:
+            self.replace_on_twins(op, kind, [self.twins[op.operands[0]]])
 
     def lower_concat(self, op: Op) -> None:
         """Every input brought to the output's calibrated type (qrescale), then concat."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kiln.ir.graph import Block, Module, Op, Value
-from kiln.ir.ops import qnn, qnn_pool
+from kiln.ir.ops import qnn, qnn_eltwise, qnn_pool
 from kiln.ir.ops.core import Return, Weight, Yield
 from kiln.ir.types import QuantType, TensorType
 
@@ -188,10 +188,32 @@ def _extent(i: int, stride: int, kernel: int, begin: int, end: int, size: int,
     return stop - start
 
 
+def qmul(op_types: Sequence[TensorType], args: Sequence[np.ndarray],
+         kind: qnn_eltwise.QMul) -> np.ndarray:
+    """Broadcast product of the centered operands, element by element in Python integers."""
+    a, b = np.broadcast_arrays(centered(args[0], op_types[0]), centered(args[1], op_types[1]))
+    low, high = _bounds(kind)
+    out = np.empty(a.shape, np.int64)
+    for idx in np.ndindex(a.shape):
+        y = rmul(int(a[idx]) * int(b[idx]), kind.multiplier[0], kind.shift[0])
+        out[idx] = min(max(y + kind.to.zero_point[0], low), high)
+    return out.astype(kind.to.storage.numpy)
+
+
+def qlut(op_types: Sequence[TensorType], args: Sequence[np.ndarray],
+         kind: qnn_eltwise.QLut) -> np.ndarray:
+    """Entry x - storage_min of the table, for every element."""
+    q = op_types[0].dtype
+    assert isinstance(q, QuantType)
+    first = int(np.iinfo(q.storage.numpy).min)
+    flat = [kind.table[int(v) - first] for v in args[0].ravel()]
+    return np.array(flat, np.int64).reshape(args[0].shape).astype(kind.to.storage.numpy)
+
+
 INTEGER_OPS = {
     qnn.QConv1d: qconv, qnn.QConv2d: qconv, qnn.QLinear: qlinear, qnn.QMatMul: qmatmul,
     qnn.QAdd: qadd, qnn.QRescale: qrescale, qnn_pool.QReduceMean: qreduce_mean,
-    qnn_pool.QAvgPool2d: qavg_pool2d,
+    qnn_pool.QAvgPool2d: qavg_pool2d, qnn_eltwise.QMul: qmul, qnn_eltwise.QLut: qlut,
 }
 
 

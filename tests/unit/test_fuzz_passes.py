@@ -42,6 +42,7 @@ about 100 graphs and 40 s single-threaded with the 41 targets of today)."""
 
 NOT_GENERATED_FAMILIES = {
     "kiln.ir.ops.quant", "kiln.ir.ops.qnn", "kiln.ir.ops.qnn_pool",  # integer, bit-exact paths
+    "kiln.ir.ops.qnn_eltwise",
     "kiln.ir.ops.fused",  # made by `fuse`
     "kiln.ir.ops.layout",  # NHWC twins, made by `layout`
     "kiln.ir.ops.lut",  # fixed-point FPGA activations, made by `fixed-activations`

@@ -17,6 +17,7 @@ from kiln.codegen.c.emit_eltwise import emit_pointwise
 from kiln.codegen.c.emit_fused import emit_fused
 from kiln.codegen.c.emit_gemm import emit_gemm_op
 from kiln.codegen.c.emit_pool import emit_pool
+from kiln.codegen.c.emit_qlut import QELTWISE_KERNELS, qeltwise_problem
 from kiln.codegen.c.emit_qmatmul import QMATMUL_KERNELS, qmatmul_problem
 from kiln.codegen.c.emit_qmove import QMOVE_OPS, or_qmove, qmove_problem
 from kiln.codegen.c.emit_qnn import (
@@ -75,7 +76,7 @@ KERNELS: dict[type[OpDef], Emitter] = {
     AdaptiveAvgPool1d: emit_pool, AdaptiveAvgPool2d: emit_pool,
     Transpose: or_qmove(emit_transpose), Slice: or_qmove(emit_slice),
     Concat: or_qmove(emit_concat), Split: or_qmove(emit_split),
-    Pad: emit_pad, Fused: emit_fused, **QNN_KERNELS, **QMATMUL_KERNELS,
+    Pad: emit_pad, Fused: emit_fused, **QNN_KERNELS, **QMATMUL_KERNELS, **QELTWISE_KERNELS,
 }
 
 ALIASES: tuple[type[OpDef], ...] = (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout,
@@ -87,7 +88,7 @@ STRUCTURAL: tuple[type[OpDef], ...] = (Weight, Constant, Return, Yield)
 _NHWC = ("the cpu target computes convolutions and pools in NCHW; leave the layout pass out "
          "of the pipeline (or run layout{to=nchw})")
 _INT8 = ("this int8 op has no kernel for the cpu target yet (quantize, dequantize, qconv1d/2d, "
-         "qlinear, qmatmul, qadd, qrescale, qreduce_mean, int8 max pooling and int8 "
+         "qlinear, qmatmul, qadd, qmul, qlut, qrescale, qreduce_mean, int8 max pooling and int8 "
          "transpose/slice/concat/split do)")
 INT8_FAMILIES = ("kiln.ir.ops.quant", "kiln.ir.ops.qnn", "kiln.ir.ops.qnn_pool",
                  "kiln.ir.ops.sparse")
@@ -106,11 +107,12 @@ REJECTED: dict[type[OpDef], str] = {
        and cls not in QMATMUL_KERNELS},
 }
 INT8_CAPABLE: tuple[type[OpDef], ...] = (*QNN_KERNELS, *QMATMUL_KERNELS, *QMOVE_OPS, MaxPool1d,
-                                         MaxPool2d)
+                                         MaxPool2d, *QELTWISE_KERNELS)
 """Ops with a kernel for 8-bit quantized operands (`emit_qnn.int8_problem` says which)."""
 INT8_PROBLEMS: dict[type[OpDef], Callable[[Op], str | None]] = {
     **{cls: qmatmul_problem for cls in QMATMUL_KERNELS},
-    **{cls: qmove_problem for cls in QMOVE_OPS}}
+    **{cls: qmove_problem for cls in QMOVE_OPS},
+    **{cls: qeltwise_problem for cls in QELTWISE_KERNELS}}
 """The int8 ops whose support `emit_qmatmul` / `emit_qmove` check (not `int8_problem`)."""
 
 
