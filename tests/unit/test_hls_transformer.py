@@ -185,9 +185,19 @@ def test_transformer_layer_compiles_bit_exact_with_bounded_error(cache: Path) ->
 
 # -- errors and text form ----------------------------------------------------------------------
 def test_stream_io_names_the_op_and_suggests_parallel(cache: Path) -> None:
-    model = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 4))
-    with pytest.raises(KilnError, match=r"(?s)fixed_layer_norm.*io='parallel'"):
-        _compile(model, torch.randn(1, 3, 6), cache, io="stream")
+    """io="stream" streams token rows (test_hls_stream_transformer); a reshape that regroups
+    the rows cannot be a relabelling of that stream and is refused with the op named."""
+
+    class Regroup(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.fc = nn.LayerNorm(6), nn.Linear(5, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.norm(x).reshape(1, 6, 5))
+
+    with pytest.raises(KilnError, match=r"(?s)reshape.*rows of the stream.*io='parallel'"):
+        _compile(Regroup(), torch.randn(1, 5, 6), cache, io="stream")
 
 
 def test_broadcast_matmul_is_refused_with_the_op_named(cache: Path) -> None:

@@ -44,6 +44,7 @@ from kiln.codegen.hls.emit_layers import (
     pool_pads,
 )
 from kiln.codegen.hls.emit_stream_plan import Edge, Stage, StreamPlan, plan_stream
+from kiln.codegen.hls.emit_stream_rows import flat_index, row_call, row_headers
 from kiln.codegen.hls.hls_types import layer_typedefs, tensor_typedefs, type_name
 from kiln.codegen.hls.layers import HlsLayer, HlsTensor, Lowered
 from kiln.codegen.hls.project import TestbenchCall, project_files, reuse_text
@@ -165,6 +166,9 @@ def window_rows(layer: HlsLayer) -> int:
 
 def _call(stage: Stage, epi: str) -> str:
     layer = stage.layer
+    row = row_call(stage, epi)
+    if row is not None:
+        return row
     if stage.kind == "fork":
         return f"kiln::duplicate<{stage.out_layout.beats}>(in0, out0, out1)"
     if stage.kind in ("map", "copy"):
@@ -267,6 +271,7 @@ def _header(name: str, lowered: Lowered, plan: StreamPlan) -> str:
     w.lines([f"// {name}: kiln-generated HLS top function (io_stream: one pixel per beat,",
              "// channels packed; element (c, p) of a channels-first tensor is beat p, lane c).",
              f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>",
+             *(f'#include "{h}"' for h in row_headers(lowered)[1:]),
              '#include "kiln_stream_layers.h"', "",
              "// Every tensor's raws: kiln::raw_t<W, S> (native for g++, ap_int<W> under",
              "// Vitis or -DKILN_USE_AP_TYPES: kiln_fixed.h)."])
@@ -294,8 +299,8 @@ def stream_call(plan: StreamPlan) -> TestbenchCall:
             w.line(f"{pixel(e)} in{i};")
             with w.block(f"for (int p = 0; p < {beats}; p++)"):
                 w.line(f"{pixel_type(e)} b;")
-                w.line(f"for (int c = 0; c < {lanes}; c++) b.v[c] = x[{offset} + c * {beats} "
-                       "+ p];")
+                w.line(f"for (int c = 0; c < {lanes}; c++) b.v[c] = x[{offset} + "
+                       f"{flat_index(e.layout, t.shape)}];")
                 w.line(f"in{i}.write(b);")
             offset += t.size
         for i, e in enumerate(plan.outputs):
@@ -308,7 +313,8 @@ def stream_call(plan: StreamPlan) -> TestbenchCall:
             w.line(f"int64_t out{i}[{beats * lanes}];")
             with w.block(f"for (int p = 0; p < {beats}; p++)"):
                 w.line(f"const {pixel_type(e)} b = out{i}_s.read();")
-                w.line(f"for (int c = 0; c < {lanes}; c++) out{i}[c * {beats} + p] = "
+                index = flat_index(e.layout, lowered.outputs[i].shape)
+                w.line(f"for (int c = 0; c < {lanes}; c++) out{i}[{index}] = "
                        "kiln::wide(b.v[c]);")
 
     return call
@@ -329,7 +335,7 @@ def emit_stream(name: str, lowered: Lowered, options: HlsOptions,
     files = {f"firmware/{name}.h": _header(name, lowered, plan),
              f"firmware/{name}.cpp": _source(name, lowered, plan),
              f"firmware/{name}_weights.h": w.text()}
-    files.update({f"firmware/{h}": headers[h] for h in STREAM_HEADERS})
+    files.update({f"firmware/{h}": headers[h] for h in STREAM_HEADERS + row_headers(lowered)})
     files.update(project_files(name, lowered, options, call=stream_call(plan)))
     return files
 

@@ -6,7 +6,10 @@ the stream estimator (`kiln.targets.cost.fpga_stream`) costs:
 - **streams**: every tensor is a stream of `beats` pixels of `lanes` channels (one spatial
   position per beat, all channels packed: `kiln::pixel<C>` in `kiln_stream_layers.h`). A
   (C, H, W) tensor is H*W beats of C lanes, (C, L) is L beats of C, a vector of N is one beat
-  of N. A flatten to a vector keeps its input's stream (a no-op: the dense layer reading it
+  of N. Transformer tensors stream one token row per beat instead (`Layout.axis`,
+  `emit_stream_rows`): a reshape that keeps the token axis first and a transpose that keeps
+  the packed axes in order relabel the same stream (no stage). A flatten to a vector keeps
+  its input's stream (a no-op: the dense layer reading it
   indexes c * beats + p); any other reshape that changes the pixel layout is refused.
 - **stages**: one per layer, in program order. A requantize / relu / clamp whose input has
   no other consumer is fused into the stage producing it as its epilogue (hls4ml writes the
@@ -28,6 +31,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kiln.codegen.hls.emit_stream_rows import (
+    input_layout,
+    reshape_layout,
+    row_check,
+    transpose_layout,
+)
 from kiln.codegen.hls.layers import HlsLayer, HlsTensor, Lowered
 from kiln.errors import KilnError
 from kiln.ir.types import FixedType
@@ -40,10 +49,12 @@ WINDOWED = ("conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_p
 
 @dataclass(frozen=True)
 class Layout:
-    """A tensor as a stream: `beats` pixels of `lanes` raws."""
+    """A tensor as a stream: `beats` pixels of `lanes` raws; `axis` >= 0: a row stream, one
+    beat per index of that axis (`emit_stream_rows`); -1: channels packed."""
 
     beats: int
     lanes: int
+    axis: int = -1
 
 
 def natural_layout(t: HlsTensor) -> Layout:
@@ -124,7 +135,8 @@ class _Planner:
     def __init__(self, lowered: Lowered) -> None:
         self.lowered = lowered
         self.alias: dict[HlsTensor, HlsTensor] = {}
-        self.layout: dict[HlsTensor, Layout] = {t: natural_layout(t) for t in lowered.inputs}
+        self.layout: dict[HlsTensor, Layout] = {
+            t: input_layout(lowered, t) or natural_layout(t) for t in lowered.inputs}
         self.stages: list[Stage] = []
         self.producer: dict[HlsTensor, Stage] = {}
 
@@ -135,14 +147,17 @@ class _Planner:
 
     def consumers(self, t: HlsTensor) -> int:
         uses = sum(self.canon(i) == t for layer in self.lowered.layers
-                   if layer.kind != "flatten" for i in layer.inputs)
+                   if layer.kind not in ("flatten", "transpose") for i in layer.inputs)
         return uses + sum(self.canon(o) == t for o in self.lowered.outputs)
 
     def add(self, layer: HlsLayer) -> None:
         inputs = [self.canon(t) for t in layer.inputs]
-        layouts = [self.layout[t] for t in inputs]
+        layouts = [self.layout.get(t) or self.layout[c] for t, c in zip(layer.inputs, inputs)]
         if layer.kind == "flatten":
             self.flatten(layer, inputs[0], layouts[0])
+            return
+        if layer.kind == "transpose":
+            self.transpose(layer, inputs[0], layouts[0])
             return
         source = self.producer.get(inputs[0])
         if layer.kind in ELEMENTWISE and source is not None and \
@@ -159,7 +174,26 @@ class _Planner:
         self.producer[layer.output] = stage
         self.layout[layer.output] = out
 
+    def transpose(self, layer: HlsLayer, src: HlsTensor, layout: Layout) -> None:
+        """A transpose that keeps the packed axes in order: the same row stream, relabelled."""
+        out = transpose_layout(layer, layout)
+        if out is None or layer.output in self.lowered.outputs:
+            raise _error(layer, f"transpose of a {list(layer.inputs[0].shape)} stream "
+                         f"({layout.beats} beats x {layout.lanes} lanes) reorders the packed "
+                         "axes of its beats (or is a model output)")
+        self.alias[layer.output] = src
+        self.layout[layer.output] = out
+
     def flatten(self, layer: HlsLayer, src: HlsTensor, layout: Layout) -> None:
+        if layout.axis >= 0:
+            out = reshape_layout(layout, layer.inputs[0].shape, layer.output.shape)
+            if out is None:
+                raise _error(layer, f"reshape {list(layer.inputs[0].shape)} -> "
+                             f"{list(layer.output.shape)} changes the rows of the stream",
+                             "keep the token axis first, or use io='parallel'")
+            self.alias[layer.output] = src
+            self.layout[layer.output] = out
+            return
         if len(layer.output.shape) > 1 and natural_layout(layer.output) != layout:
             raise _error(layer, f"reshape {list(src.shape)} -> {list(layer.output.shape)} "
                          "changes the pixel layout of the stream",
@@ -168,6 +202,11 @@ class _Planner:
 
     def check(self, layer: HlsLayer, inputs: list[HlsTensor], layouts: list[Layout]) -> Layout:
         """The output layout; a `KilnError` for what the stream templates cannot do."""
+        row, why = row_check(layer, layouts)
+        if why is not None:
+            raise _error(layer, why)
+        if row is not None:
+            return row
         if layer.kind == "dense":
             if len(layer.output.shape) != 1:
                 raise _error(layer, f"dense layer on a rank-{len(inputs[0].shape)} tensor "
@@ -177,9 +216,7 @@ class _Planner:
             if layouts[0] != natural_layout(inputs[0]) or len(inputs[0].shape) < 2:
                 raise _error(layer, f"{layer.kind} needs a (C, H, W) or (C, L) stream input")
             return natural_layout(layer.output)
-        if layer.kind == "softmax":  # one row per beat: a vector (lut_softmax, last axis)
-            if len(inputs[0].shape) != 1:
-                raise _error(layer, "softmax on a tensor of rank > 1 has no stream template")
+        if layer.kind == "softmax":  # a vector, one beat (rank > 1: `row_check`)
             return layouts[0]
         if layer.kind == "mul":  # a per-channel scale streams as one beat of C lanes
             if layouts[1] not in (layouts[0], Layout(1, layouts[0].lanes)):

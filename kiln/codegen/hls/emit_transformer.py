@@ -138,6 +138,13 @@ def _layer_norm(layer: HlsLayer) -> str:
             f"{layer.name}_rsqrt, (int64_t){eps}LL)")
 
 
+def template_parts(call: str) -> tuple[str, str]:
+    """(template arguments, call operands after `in0, out, `) of a template call string:
+    the io_stream stages call the same template per beat with the same constants."""
+    head, operands = call.split(">(in0, out", 1)
+    return head[head.index("<") + 1:], operands[2:-1] if operands.startswith(", ") else ""
+
+
 def _gelu(layer: HlsLayer) -> str:
     kind: Any = layer.op.kind
     t = layer.inputs[0].dtype
@@ -157,4 +164,5 @@ def transformer_call(layer: HlsLayer) -> str:
     return CALLS[layer.kind](layer)
 
 
-__all__ = ["HEADER", "emit_transformer_tables", "transformer_call", "transformer_headers"]
+__all__ = ["HEADER", "emit_transformer_tables", "template_parts",
+           "transformer_call", "transformer_headers"]

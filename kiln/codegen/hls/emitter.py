@@ -35,6 +35,7 @@ from importlib import resources
 
 from kiln.codegen.hls.emit_layers import emit_layer, emit_weights
 from kiln.codegen.hls.emit_stream import STREAM_HEADERS, emit_stream
+from kiln.codegen.hls.emit_stream_rows import row_headers
 from kiln.codegen.hls.emit_transformer import transformer_headers
 from kiln.codegen.hls.hls_types import tensor_typedefs, type_name
 from kiln.codegen.hls.layers import HlsTensor, Lowered, ReuseFactor, lower
@@ -207,7 +208,8 @@ def emit_lowered(module: Module, lowered: Lowered, options: HlsOptions) -> dict[
     """The project's files for an already lowered module."""
     name = model_name(module)
     if options.io == "stream":
-        return emit_stream(name, lowered, options, {h: runtime_header(h) for h in STREAM_HEADERS})
+        return emit_stream(name, lowered, options, {h: runtime_header(h) for h in
+                                                     STREAM_HEADERS + row_headers(lowered)})
     files = {f"firmware/{name}.h": _header(name, lowered),
              f"firmware/{name}.cpp": _source(name, lowered, options),
              f"firmware/{name}_weights.h": _weights(name, lowered, options.flavor)}

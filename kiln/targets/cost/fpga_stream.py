@@ -29,7 +29,10 @@ up to 64 deep, else BRAM18K (`fpga_resources.memory_cost`).
 the weight ROM) with one output pixel of registers instead of the whole tensor, plus the line
 buffer ((R - 1) rows of W pixels: R = the rows a window spans) and the window registers; a
 dense layer adds its gathered input vector; pools / elementwise / joins one lane per channel
-(`simple_cost`); forks and copies only registers.
+(`simple_cost`); forks and copies only registers. Transformer stages (one token row per beat)
+are costed by `fpga_stream_rows`; a matmul reads its whole second operand (keys / values)
+before the first row of the other, so the schedule holds the queries' and the residual's
+rows meanwhile, and those FIFOs get depths to match.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from kiln.targets.cost.fpga_estimate import (
 from kiln.targets.cost.fpga_layers import LayerShape
 from kiln.targets.cost.fpga_parts import Part, get_part
 from kiln.targets.cost.fpga_resources import Memory, adder_luts, memory_cost
+from kiln.targets.cost.fpga_stream_rows import buffered_inputs, row_stage_cost, row_timing
 
 MIN_DEPTH = 2
 
@@ -135,7 +139,7 @@ def _window(layer: HlsLayer) -> int:
 
 def stage_cost(stage: Stage, part: Part) -> LayerCost:
     """Resources of one stage (module docstring); timing is filled in by the schedule."""
-    cost = _stage_cost(stage, part)
+    cost = row_stage_cost(stage, part) or _stage_cost(stage, part)
     cost.op = stage.layer.kind if stage.layer is not None and stage.kind != "map" else \
         stage.kind if stage.layer is None else "+".join(la.kind for la in stage.ops())
     return cost
@@ -211,6 +215,9 @@ def _last(o: int, size: int, outs: int, layer: HlsLayer, axis: int) -> int:
 
 def _timing(stage: Stage, cost: LayerCost, clock_mhz: float) -> tuple[int, int]:
     """(cycles between issues, pipeline depth) of one output beat."""
+    row = row_timing(stage, cost, clock_mhz)
+    if row is not None:
+        return row
     layer = stage.layer
     epilogue = sum(la.kind != "requantize" for la in stage.epilogue)  # a cycle per clamp
     if layer is not None and layer.weight is not None:
@@ -239,10 +246,17 @@ class _Schedule:
     def run(self, stage: Stage, cost: LayerCost) -> None:
         ii, depth = _timing(stage, cost, self.clock_mhz)
         need = _need(stage)
-        ins = [self.written[e.name] for e in stage.inputs]
+        free, issue, j = 0, -ii, 0
+        held = stage.inputs[len(stage.inputs) - buffered_inputs(stage):]
+        streamed = stage.inputs[:len(stage.inputs) - len(held)]
+        for e in held:  # read completely before the first streamed beat (a matmul's B)
+            self.read[e.name] = []
+            for w in self.written[e.name]:
+                free = max(free, w + 1) + 1
+                self.read[e.name].append(free - 1)
+        ins = [self.written[e.name] for e in streamed]
         reads: list[int] = []
         times: list[int] = []
-        free, issue, j = 0, -ii, 0
         for k in range(stage.in_layouts[0].beats):
             t = max([free] + [w[min(k, len(w) - 1)] + 1 for w in ins])  # a 1-beat scale
             reads.append(t)
@@ -252,13 +266,15 @@ class _Schedule:
                 times.append(issue + depth)
                 free = issue + ii
                 j += 1
-        for e in stage.inputs:
+        for e in streamed:
             self.read[e.name] = reads
         for e in stage.outputs:
             self.written[e.name] = times
-        start = reads[0] if reads else 0
+        first = [self.read[e.name][0] for e in held if self.read[e.name]]
+        start = min(first + reads[:1]) if first or reads else 0
         self.latency[stage.name] = (times[-1] if times else start) - start + 1
-        self.busy[stage.name] = max(len(reads), len(times) * ii)
+        self.busy[stage.name] = max(len(reads), len(times) * ii) + \
+            sum(len(self.read[e.name]) for e in held)
 
 
 def _occupancy(written: list[int], read: list[int]) -> int:

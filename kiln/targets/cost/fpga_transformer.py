@@ -52,7 +52,7 @@ def _rom_bits(table: np.ndarray) -> int:
     return table.size * int(table.max(initial=0)).bit_length()
 
 
-def _layer_norm(module: Module, op: Op) -> LayerShape:
+def _layer_norm(op: Op) -> LayerShape:
     kind: Any = op.kind
     name, out = output_of(op)
     x, gamma, beta = (v.type for v in op.operands)
@@ -96,17 +96,23 @@ def _is_scale(op: Op) -> bool:
         op.operands[1].type.numel == 1
 
 
+def op_shape(op: Op) -> LayerShape | None:
+    """The row of a layer norm or GELU op (the stream estimator costs one beat of it)."""
+    if isinstance(op.kind, FixedLayerNorm):
+        return _layer_norm(op)
+    if isinstance(op.kind, FixedGelu):
+        return _gelu(op)
+    return None
+
+
 def transformer_shapes(module: Module, op: Op) -> list[LayerShape] | None:
     """The rows of `op` (module docstring); [] for wiring; None for other ops."""
     if op.name in FREE:
         return []
     if _is_scale(op):
         return [_scale(op)]
-    if isinstance(op.kind, FixedLayerNorm):
-        return [_layer_norm(module, op)]
-    if isinstance(op.kind, FixedGelu):
-        return [_gelu(op)]
-    return None
+    shape = op_shape(op)
+    return None if shape is None else [shape]
 
 
-__all__ = ["transformer_shapes"]
+__all__ = ["op_shape", "transformer_shapes"]
