@@ -26,6 +26,14 @@ def _as_2d(kind: OpDef, spatial: int) -> dict[str, tuple[int, ...]]:
     return {"kernel": kernel, "stride": stride, "pad": pad, "dilation": dilation}
 
 
+def _is_2x2_stride_2(geo: dict[str, tuple[int, ...]], h: int, w: int, oh: int, ow: int) -> bool:
+    """The window of `kiln_maxpool2x2` (inline in kiln_pool.h): called with literal sizes, gcc
+    specialises it for this layer. Every window must lie inside the input: no padding, and
+    no ceil-mode window hanging over the bottom or right edge."""
+    return (geo["kernel"] == (2, 2) and geo["stride"] == (2, 2) and geo["dilation"] == (1, 1)
+            and geo["pad"] == (0, 0, 0, 0) and 2 * oh <= h and 2 * ow <= w)
+
+
 def emit_pool(ctx: KernelContext) -> None:
     """max / average pooling with PyTorch's padding, dilation and ceil-mode rules."""
     op = ctx.op
@@ -44,6 +52,10 @@ def emit_pool(ctx: KernelContext) -> None:
     (kh, kw), (sh, sw) = geo["kernel"], geo["stride"]
     pt, pl, pb, pr = geo["pad"]
     dh, dw = geo["dilation"]
+    if op.isa((MaxPool1d, MaxPool2d)) and _is_2x2_stride_2(geo, h, w, oh, ow):
+        ctx.w.line(f"kiln_maxpool2x2({ctx.ref(x)}, {ctx.ref(y)}, {planes}, {h}, {w}, {oh}, {ow});")
+        ctx.note("max pool 2x2/2")
+        return
     ctx.w.line(f"const kiln_pool_shape shape = {{{h}, {w}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, "
                f"{pb}, {pr}, {dh}, {dw}, {oh}, {ow}}};")
     if op.isa((MaxPool1d, MaxPool2d)):

@@ -4,26 +4,10 @@
 /* Row by row: for each kernel tap, sweep the output row over the columns whose input is
  * inside the image (kiln_window_range), so the inner loops have no bounds checks and
  * vectorize; padding never enters (max pads with -inf, average counts by PyTorch's rule). */
-/* The common 2x2, stride 2, unpadded window: one pass per output row. */
-static void kiln_maxpool2x2(const float* x, float* y, int planes, const kiln_pool_shape* s) {
-    for (int p = 0; p < planes; ++p)
-        for (int oy = 0; oy < s->OH; ++oy) {
-            const float* r0 = x + ((size_t)p * s->H + 2 * oy) * s->W;
-            const float* r1 = r0 + s->W;
-            float* yr = y + ((size_t)p * s->OH + oy) * s->OW;
-            for (int ox = 0; ox < s->OW; ++ox) {
-                float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
-                float m = ((b > a) | (b != b)) ? b : a;
-                m = ((c > m) | (c != c)) ? c : m;
-                yr[ox] = ((d > m) | (d != d)) ? d : m;
-            }
-        }
-}
-
 void kiln_maxpool2d(const float* x, float* y, int planes, const kiln_pool_shape* s) {
     if (s->KH == 2 && s->KW == 2 && s->sh == 2 && s->sw == 2 && s->dh == 1 && s->dw == 1 &&
         s->pt == 0 && s->pl == 0 && 2 * s->OH <= s->H && 2 * s->OW <= s->W) {
-        kiln_maxpool2x2(x, y, planes, s);
+        kiln_maxpool2x2(x, y, planes, s->H, s->W, s->OH, s->OW);
         return;
     }
     for (int p = 0; p < planes; ++p) {
