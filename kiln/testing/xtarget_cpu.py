@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.codegen.c import COptions, CProgram, lower
+from kiln.codegen.c.emitter import runtime_sources
 from kiln.codegen.c.kernels import check_supported
 from kiln.compiler.pass_manager import PassManager
 from kiln.errors import KilnError
@@ -133,13 +134,15 @@ class CpuRunner(BatchedRunner):
         if self._runtime is None:
             root = self.work.parent / f"runtime-{cache_key(*self.flags)[:12]}"
             done = root / "DONE"
-            sources = sorted(n for n in program.sources if n.startswith("kiln_")
-                             and n.endswith(".c"))
+            # every runtime file, not only those this program links: the group's models
+            # may call into others
+            files = {**runtime_sources(), **{n: t for n, t in program.sources.items()
+                                             if n.startswith("kiln_")}}
+            sources = sorted(n for n in files if n.endswith(".c"))
             if not done.exists():
                 root.mkdir(exist_ok=True)
-                for name, text in program.sources.items():
-                    if name.startswith("kiln_"):
-                        (root / name).write_text(text)
+                for name, text in files.items():
+                    (root / name).write_text(text)
                 gcc.compile_objects(self.toolchain, root, sources, self.flags)
                 done.write_text("")
             self._runtime = [root / (Path(n).stem + ".o") for n in sources]

@@ -36,6 +36,7 @@ from kiln.codegen.c.context import Kernel, KernelContext, KernelParam, Shared
 from kiln.codegen.c.kernels import ALIASES, STRUCTURAL, check_supported, kernel_for
 from kiln.codegen.c.options import CONST_WEIGHTS_LIMIT, COptions
 from kiln.codegen.c.params import HEADER_BYTES, MAGIC, ParamTable, checksum
+from kiln.codegen.c.runtime_deps import linked_sources
 from kiln.codegen.c.templates import example_c, makefile, model_h
 from kiln.codegen.memory import MemoryPlan, PlanRules, Storage, plan_memory, value_nbytes
 from kiln.codegen.names import Namer, c_prefix, comment
@@ -45,11 +46,13 @@ from kiln.ir.graph import Func, Module, Op, Value
 RUNTIME_HEADERS = ("kiln_runtime.h", "kiln_vec.h", "kiln_math.h", "kiln_gemm.h", "kiln_conv.h",
                    "kiln_conv_gemm.h",
                    "kiln_dwconv.h", "kiln_pool.h", "kiln_norm.h", "kiln_qgemm.h", "kiln_qmatmul.h",
-                   "kiln_sparse.h", "kiln_qvnni.h")
+                   "kiln_sparse.h", "kiln_qvnni.h", "kiln_winograd.h")
 RUNTIME_SOURCES = ("kiln_gemm.c", "kiln_conv.c", "kiln_conv_gemm.c", "kiln_dwconv.c",
                    "kiln_pool.c", "kiln_norm.c", "kiln_qvnni.c",
-                   "kiln_qgemm.c", "kiln_qmatmul.c", "kiln_sparse.c", "kiln_runtime.c")
-"""The runtime's compiled part: built once per machine and flags, linked with every model."""
+                   "kiln_qgemm.c", "kiln_qmatmul.c", "kiln_sparse.c", "kiln_runtime.c",
+                   "kiln_winograd.c")
+"""The runtime's compiled part: each file built once per machine and flags, and linked with
+the models that call into it (`runtime_deps.linked_sources`)."""
 CFLAGS = ("-std=c99", "-O3", "-ffp-contract=fast", "-fno-math-errno")
 """Flags the generated code is written for (plus `-march=...`; `-fopenmp` with threads)."""
 
@@ -274,14 +277,18 @@ class _Lowering:
         inputs = [(a.name or f"input{i}", a.type.shape) for i, a in enumerate(self.func.args)]
         outputs = [(v.name or f"output{j}", v.type.shape)
                    for j, v in enumerate(self.func.outputs)]
-        sources = {"model.c": self.model_c(),
+        model_c = self.model_c()
+        runtime = runtime_sources()
+        linked = linked_sources(model_c, runtime)  # only these are compiled and linked
+        runtime = {n: t for n, t in runtime.items() if n.endswith(".h") or n in linked}
+        sources = {"model.c": model_c,
                    "model.h": model_h(self.module.name, self.prefix, inputs, outputs,
                                       self.plan.arena_bytes, len(self.blob())),
                    "example.c": example_c(self.module.name, self.prefix, inputs, outputs),
                    "Makefile": makefile(self.module.name, self.options.threads,
-                                        self.options.march),
+                                        self.options.march, list(runtime)),
                    "kiln_config.h": config_header(self.options),
-                   **runtime_sources()}
+                   **runtime}
         kernels = [{"name": k.name, "op": k.op.name, "kernel": k.summary,
                     "scratch_bytes": 4 * k.scratch_floats} for k in self.kernels]
         return CProgram(self.prefix, sources, self.blob(), self.const, self.plan.arena_bytes,

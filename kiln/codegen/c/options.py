@@ -42,6 +42,9 @@ class COptions:
     parallel_min_flops: int = PARALLEL_MIN_FLOPS
     """With threads > 1, a GEMM-like kernel's blocks run in parallel only when its anchor does
     at least this many FLOPs per batch index (see `PARALLEL_MIN_FLOPS`)."""
+    winograd: bool = True
+    """3x3 stride-1 convs that `winograd_anchor.winograd_tile` picks run Winograd F(m,3)
+    (`kiln_winograd`); False: always the implicit GEMM (A/B runs, tests)."""
 
     @property
     def mr(self) -> int:

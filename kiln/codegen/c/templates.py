@@ -25,11 +25,8 @@ CC = gcc
 CFLAGS = @CFLAGS@
 EXTRA_CFLAGS =
 LDLIBS = -lm
-HEADERS = model.h kiln_config.h kiln_runtime.h kiln_vec.h kiln_math.h kiln_gemm.h kiln_conv.h \\
-	kiln_conv_gemm.h kiln_dwconv.h kiln_pool.h kiln_norm.h kiln_qgemm.h kiln_qmatmul.h \\
-	kiln_qvnni.h kiln_sparse.h
-SOURCES = model.c kiln_gemm.c kiln_conv.c kiln_conv_gemm.c kiln_dwconv.c kiln_pool.c kiln_norm.c \\
-	kiln_qgemm.c kiln_qvnni.c kiln_qmatmul.c kiln_sparse.c kiln_runtime.c
+HEADERS = @HEADERS@
+SOURCES = @SOURCES@
 OBJECTS = $(SOURCES:.c=.o)
 
 all: example libmodel.a
@@ -53,12 +50,30 @@ clean:
 """
 
 
-def makefile(model: str, threads: int, march: str = "native") -> str:
+def makefile(model: str, threads: int, march: str = "native",
+             runtime: Sequence[str] = ()) -> str:
+    """The export's Makefile; `runtime` names the runtime files shipped beside the model (its
+    headers, and only the sources the model links: `runtime_deps.linked_sources`)."""
     flags = ["-std=c99", "-O3", f"-march={march}", "-ffp-contract=fast", "-fno-math-errno",
              "-Wall", "-Wextra"]
     if threads > 1:
         flags.append("-fopenmp")
-    return _MAKEFILE.replace("@MODEL@", comment(model)).replace("@CFLAGS@", " ".join(flags))
+    headers = ["model.h", "kiln_config.h", *sorted(n for n in runtime if n.endswith(".h"))]
+    sources = ["model.c", *sorted(n for n in runtime if n.endswith(".c"))]
+    return (_MAKEFILE.replace("@MODEL@", comment(model)).replace("@CFLAGS@", " ".join(flags))
+            .replace("@HEADERS@", _make_list(headers)).replace("@SOURCES@", _make_list(sources)))
+
+
+def _make_list(words: Sequence[str], width: int = 88) -> str:
+    """A make variable's words, continued over lines of at most about `width` characters."""
+    lines, line = [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = "\t" + word
+        else:
+            line = f"{line} {word}" if line else word
+    return " \\\n".join([*lines, line])
 
 
 def _describe(kind: str, tensors: Sequence[Tensor]) -> list[str]:

@@ -25,6 +25,7 @@
 #include "kiln_qgemm.h"
 #include "kiln_qmatmul.h"
 #include "kiln_sparse.h"
+#include "kiln_winograd.h"
 
 /* sum_i word_i * (2i + 1) mod 2^64 over the little-endian 64-bit words of a weights payload:
  * how `<model>_init` checks that a blob is the one its model was built with (kiln's Python
