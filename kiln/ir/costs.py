@@ -52,6 +52,7 @@ from kiln.ir.ops import (
     nn_norm,
     nn_pool,
     qnn,
+    qnn_eltwise,
     qnn_pool,
     quant,
     reduce,
@@ -292,6 +293,8 @@ FLOP_RULES: dict[type[OpDef], FlopRule] = {
                                                   (qnn.QLinear, contraction_flops),
                                                   (qnn.QMatMul, contraction_flops))},
     qnn.QAdd: per_element(9),
+    qnn_eltwise.QMul: per_element(7),  # subtract both zero points, multiply, requantize
+    qnn_eltwise.QLut: per_element(1),  # one table read
     qnn.QRescale: per_element(4),
     qnn_pool.QAvgPool1d: window_pool_flops,
     qnn_pool.QAvgPool2d: window_pool_flops,

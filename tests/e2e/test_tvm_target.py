@@ -49,7 +49,7 @@ NOT_LOWERED = {"kiln.quantize", "kiln.dequantize", "kiln.requantize", "kiln.qadd
                "kiln.qavg_pool1d", "kiln.qavg_pool2d", "kiln.qconv1d", "kiln.qconv2d",
                "kiln.qlinear", "kiln.qmatmul", "kiln.qreduce_mean", "kiln.qrescale",
                "kiln.fixed_activation", "kiln.lut_softmax", "kiln.fixed_layer_norm",
-               "kiln.fixed_gelu"}
+               "kiln.fixed_gelu", "kiln.qlut", "kiln.qmul"}
 """Integer ops: the target takes fp32 IR."""
 
 
