@@ -169,9 +169,9 @@ class Net(torch.nn.Module):
         super().__init__()
         self.c1 = torch.nn.Conv2d(3, 12, 3, stride=1, padding=1)
         self.c2 = torch.nn.Conv2d(12, 12, 3, stride=1, padding=2, dilation=2)
-        self.c3 = torch.nn.Conv2d(12, 20, (5, 3), stride=(2, 1), padding=(2, 0))
-        self.c4 = torch.nn.Conv2d(20, 20, 1)
-        self.g = torch.nn.Conv2d(20, 40, 3, padding=1, groups=4, bias=False)
+        self.c3 = torch.nn.Conv2d(12, 40, (5, 3), stride=(2, 1), padding=(2, 0))
+        self.c4 = torch.nn.Conv2d(40, 40, 1)  # > POINTWISE_MAX_COUT: kiln_conv_gemm's 1x1
+        self.g = torch.nn.Conv2d(40, 40, 3, padding=1, groups=4, bias=False)
         self.d = torch.nn.Conv1d(40, 9, 4, stride=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

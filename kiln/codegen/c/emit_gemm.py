@@ -156,8 +156,53 @@ class _Driver:
 
     # -- emission -----------------------------------------------------------------------------
     def emit(self) -> None:
-        ctx, view = self.ctx, self.view
+        ctx = self.ctx
+        if math.prod(self.space) == 0:  # a batch of zero: no anchor call, no scratch
+            ctx.w.line("/* empty result: nothing to compute */")
+            return
+        self.anchor.images_ok = not self.tiled
         self.anchor.setup()
+        if self.anchor.whole_images:
+            self.images()
+        else:
+            self.per_index()
+        if self.tiled:
+            ctx.note("epilogue " + "+".join(op.name.removeprefix("kiln.")
+                                            for op in self.group.epilogue))
+        elif self.group.epilogue:
+            ctx.note("clamp " + "+".join(op.name.removeprefix("kiln.")
+                                         for op in self.group.epilogue))
+
+    def images(self) -> None:
+        """An anchor that computes whole images (`Anchor.whole_images`, no epilogue tile): one
+        call per block of batch indices, one block per thread, straight into the result."""
+        ctx, anchor = self.ctx, self.anchor
+        n = math.prod(self.space[d] for d in self.view.batch)
+        worth = op_flops(self.group.anchor) >= ctx.options.parallel_min_flops
+        threads = ctx.options.threads if n > 1 and worth else 1
+        size = -(-n // threads)
+        count = -(-n // size)
+        threads = min(threads, count)
+        per = anchor.scratch_per_thread()
+        base = ctx.scratch(per * threads)
+        anchor.thread_scratch = f"({base} + kiln_thread_id() * {per})" if threads > 1 else base
+        out = ctx.ref(ctx.results[0])
+        assert self.bounds is not None
+        lo, hi = (float_literal(b) for b in self.bounds)
+        if count == 1:
+            with ctx.w.block(""):
+                anchor.images("0", str(n), out, lo, hi)
+            return
+        pragma = ctx.parallel_for() if threads > 1 else None
+        if pragma:
+            ctx.w.line(pragma)
+        with ctx.w.block(f"for (int blk = 0; blk < {count}; ++blk)"):
+            ctx.w.line(f"const int n0 = blk * {size}, n1 = kiln_imin(n0 + {size}, {n});")
+            anchor.images("n0", "n1", out, lo, hi)
+
+    def per_index(self) -> None:
+        """The batch loop: per batch index the anchor's prologue, then its blocks."""
+        ctx, view = self.ctx, self.view
         size, count, single = self.blocking()
         threads = ctx.options.threads if count > 1 and self.worth_threads() else 1
         other = view.cols_n if view.by_rows else view.rows_n
@@ -175,12 +220,6 @@ class _Driver:
         with outer.open(ctx.w):
             self.anchor.prologue(bvars)
             self.blocks(batch, bvars, size, count, single, tile_base, threads)
-        if self.tiled:
-            ctx.note("epilogue " + "+".join(op.name.removeprefix("kiln.")
-                                            for op in self.group.epilogue))
-        elif self.group.epilogue:
-            ctx.note("clamp " + "+".join(op.name.removeprefix("kiln.")
-                                         for op in self.group.epilogue))
 
     def blocks(self, batch: list[Loop], bvars: dict[int, str], size: int, count: int,
                single: bool, tile_base: str, threads: int) -> None:

@@ -37,8 +37,10 @@ Shape = tuple[int, ...]
 DIRECT_MAX_TAPS = 32
 """A convolution with at most this many taps per output (Cin/groups × KH × KW) runs directly
 (`kiln_dwconv`), like a depthwise one: its GEMMs would be slivers. With groups = 1 only when
-the kernel is wider than 1×1 (a first layer: LeNet's conv1 with 25 taps took 17 µs as
-im2col + GEMM, 5 µs direct); a 1×1 conv with few input channels stays a plain GEMM."""
+the kernel is wider than 1×1 and the wide-grid GEMM cannot take it (stride > 1: MobileNet's
+stem): the wide grid reads B straight from the image with no gather and batches small planes,
+and measured 0.67× the direct kernel's time on LeNet-5's conv1 layer at batch 64 (whole model;
+0.73× at batch 1) and 0.65× on conv1d_net; a 1×1 conv with few input channels stays a GEMM."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ class Anchor:
         """Block size the anchor needs (a grouped conv's rows per group), None for any."""
         self.thread_scratch = ""
         """Set by the driver: this thread's `scratch_per_thread()` floats."""
+        self.images_ok = False
+        """Set by the driver before `setup` when there is no epilogue tile: the anchor may then
+        compute whole images itself (`images`) instead of per batch index and block."""
+        self.whole_images = False
+        """Set by `setup` when the anchor does so (the driver then calls only `images`)."""
 
     def make_view(self) -> GemmView:
         raise NotImplementedError
@@ -101,6 +108,11 @@ class Anchor:
     def scratch_per_thread(self) -> int:
         """Floats of scratch each thread needs inside the block loop."""
         return 0
+
+    def images(self, i0: str, i1: str, dst: str, lo: str, hi: str) -> None:
+        """With `whole_images`: batch indices [i0, i1), every output into `dst` (the result),
+        bias and clamp on store."""
+        raise NotImplementedError
 
     def gemm(self, args: dict[str, str | int], m: str, n: str) -> None:
         """`kiln_gemm_args g = {...}; kiln_sgemm(&g, 0, m, 0, n);` in a block of its own."""
@@ -154,17 +166,20 @@ class _ConvBase(Anchor):
         return self.ctx.ref(self.op.operands[2]) if len(self.op.operands) > 2 else "NULL"
 
 
-WIDE_CONV = True
-"""Route stride-1 convs with K <= WIDE_MAXK to `kiln_conv_gemm_wide` (no gather). Measured at
+WIDE_MAXK = 576  # at most KILN_CG_WIDE_MAXK (kiln_conv_gemm.h)
+WIDE_GROUP = 2  # KILN_CG_WIDE_GROUP (kiln_conv_gemm.h): images padded at a time
+"""Stride-1 convs with K <= WIDE_MAXK run `kiln_conv_gemm_wide` (no gather). Measured at
 batch 64, 1 thread: ResNet-8 0.81x, digits CNN 0.83x the time of `kiln_conv_gemm`; 3x3 layers
 0.67x (16 ch, 32x32) to 0.91x (64 ch, 8x8), but 1.03-1.10x from K = 864 up (96-256 ch):
 with no blocking of K, a tile's rows of the image no longer stay in L1."""
-WIDE_MAXK = 576  # at most KILN_CG_WIDE_MAXK (kiln_conv_gemm.h)
 
 
 class ConvAnchor(_ConvBase):
     """groups = 1: implicit GEMM, `kiln_conv_gemm` (B packed on the fly, panel by panel), or
-    for stride 1 `kiln_conv_gemm_wide` (B rows read straight from the padded image)."""
+    for stride 1 `kiln_conv_gemm_wide` (B rows read straight from the padded image). A wide
+    conv with no epilogue tile takes whole images (`kiln_conv_gemm_wide_batch`): one call per
+    block of images, tiles running on from one image into the next, so small planes (the
+    digits CNN's 4x4, LeNet's 10x10) waste no half tiles and pay no per-image call."""
 
     def setup(self) -> None:
         geo, ctx = self.geometry(), self.ctx
@@ -175,14 +190,17 @@ class ConvAnchor(_ConvBase):
         self.declare_shape()
         pointwise = (geo["KH"], geo["KW"], geo["sh"], geo["sw"], geo["pt"], geo["pl"]) == (
             1, 1, 1, 1, 0, 0) and self.op.operands[0].type.shape[2:] == self.view.shape[2:]
-        self.wide = WIDE_CONV and self.wide_fits(geo, self.k) and not pointwise
-        if self.wide:
+        self.wide = self.wide_fits(geo, self.k) and not pointwise
+        self.whole_images = self.wide and self.images_ok
+        self.padded: str | None = None  # whole images: per thread (scratch_per_thread)
+        if self.wide and not self.whole_images:
             hp, wp = padded_dims(geo)
-            self.padded: str | None = ctx.scratch(geo["C"] * hp * wp + ctx.options.nr)
-        else:
+            self.padded = ctx.scratch(geo["C"] * hp * wp + ctx.options.nr)
+        elif not self.wide:
             self.padded = padded_scratch(ctx, geo, geo["C"])
         ctx.note("conv 1x1 gemm" if pointwise else
-                 "conv wide implicit gemm" if self.wide else "conv implicit gemm")
+                 "conv wide implicit gemm" + (" (whole images)" if self.whole_images else "")
+                 if self.wide else "conv implicit gemm")
 
     @staticmethod
     def wide_fits(geo: dict[str, int], k: int) -> bool:
@@ -193,7 +211,19 @@ class ConvAnchor(_ConvBase):
             geo["C"] * hp * wp < 2**31 - 4096
 
     def scratch_per_thread(self) -> int:
+        if self.whole_images:  # KILN_CG_WIDE_BATCH_FLOATS (kiln_conv_gemm.h)
+            hp, wp = padded_dims(self.geometry())
+            return WIDE_GROUP * self.geometry()["C"] * hp * wp + self.ctx.options.nr
         return 0 if self.wide else self.kc * self.ctx.options.nr
+
+    def images(self, i0: str, i1: str, dst: str, lo: str, hi: str) -> None:
+        geo, out = self.geometry(), self.view.shape
+        chw = geo["C"] * geo["H"] * geo["W"]
+        x = c_ptr(self.ctx.ref(self.op.operands[0]), c_product(i0, chw))
+        y = c_ptr(dst, c_product(i0, math.prod(out[1:])))
+        self.ctx.w.line(f"kiln_conv_gemm_wide_batch({x}, &shape, {self.a}, {out[1]}, "
+                        f"{self.bias()}, {y}, {c_diff(i1, i0)}, {lo}, {hi}, "
+                        f"{self.thread_scratch});")
 
     def prologue(self, bvars: dict[int, str]) -> None:
         if self.wide:
@@ -278,9 +308,11 @@ class DirectConvAnchor(_ConvBase):
 
     @staticmethod
     def scratch_floats(geo: dict[str, int], cin_g: int) -> int:
-        """KILN_DW_SCRATCH (kiln_dwconv.h): the padded lines of one group's input channels."""
+        """KILN_DW_SCRATCH (kiln_dwconv.h): the padded lines of one group's input channels,
+        and the stride-2 phases of the flat path."""
         phase = -(-geo["OW"] // 16) * 16 + (geo["KW"] - 1) * geo["dw"] // geo["sw"] + 1
-        return (cin_g * geo["H"] + 1 + geo["H"]) * geo["sw"] * phase + 32
+        flat = 16 * cin_g * ((geo["H"] + 1) // 2) * geo["OW"]
+        return (cin_g * geo["H"] + 1 + geo["H"]) * geo["sw"] * phase + 32 + flat
 
     def setup(self) -> None:
         self.declare_shape()
@@ -465,12 +497,22 @@ def anchor_class(op: Op) -> type[Anchor] | None:
         return sparse
     kind = op.kind
     if isinstance(kind, (Conv1d, Conv2d)):
+        from kiln.codegen.c.pixel_conv_anchor import PixelConvAnchor, is_pixel_conv  # imports us
+        if is_pixel_conv(op):
+            return PixelConvAnchor
+        from kiln.codegen.c.pointwise_anchor import PointwiseConvAnchor, is_pointwise_conv
+        if is_pointwise_conv(op):
+            return PointwiseConvAnchor
         groups = kind.groups
         channels, cout = op.operands[0].type.shape[1], op.results[0].type.shape[1]
         taps = math.prod(op.operands[1].type.shape[1:])
         spatial = math.prod(op.operands[1].type.shape[2:]) > 1
-        if groups == channels == cout or (taps <= DIRECT_MAX_TAPS and (groups > 1 or spatial)):
+        if groups == channels == cout or (taps <= DIRECT_MAX_TAPS and (
+                groups > 1 or (spatial and not ConvAnchor.wide_fits(_conv_geometry(op), taps)))):
             return DirectConvAnchor
+        from kiln.codegen.c.winograd_anchor import WinogradAnchor, winograd_tile  # imports us
+        if winograd_tile(op) is not None:
+            return WinogradAnchor
         return ConvAnchor if groups == 1 else GroupedConvAnchor
     if isinstance(kind, ConvTranspose2d):
         return ConvTransposeAnchor

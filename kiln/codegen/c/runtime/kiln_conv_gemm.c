@@ -136,90 +136,178 @@ typedef int32_t kiln_wi __attribute__((vector_size(KILN_WL * 4)));
 
 KILN_INLINE kiln_wv kiln_wload(const float* p) { return *(const kiln_wv_u*)p; }
 
-/* One MR x (nv * WL) tile over all of K: B row k is `nv` vectors at b + offs[k]. The result,
- * plus bias and clamped, goes to tmp (rows KILN_NR floats apart) for the valid-column copy. */
-KILN_INLINE void kiln_wide_tile(const int mr, const int nv, int K, const float* a,
-                                const float* b, const int32_t* offs, float* tmp,
-                                const float* bias_row, float lo, float hi) {
+/* One vector of a tile: `len` (<= WL) consecutive output pixels of one image, stored at y.
+ * Lane l reads the padded image at b + offs[k] + idx[l]; `len` pixels span at most 2 * WL
+ * grid columns (kiln_wide_next), so with `perm` a lane is picked out of two loaded vectors
+ * by one two-source shuffle, and without it (the pixels are one run: idx[l] = l) read
+ * straight from one load. */
+typedef struct {
+    const float* b;
+    float* y;
+    int len;
+    kiln_wi idx;
+} kiln_wvec;
+
+KILN_INLINE kiln_wv kiln_wrow(const float* p, const kiln_wi idx, const int perm) {
+    return perm ? __builtin_shuffle(kiln_wload(p), kiln_wload(p + KILN_WL), idx) : kiln_wload(p);
+}
+
+/* Bias, clamp and the store of one tile row vector: whole vectors straight to y, a partial
+ * one through `tmp` (its lanes past len belong to other pixels or nothing). */
+KILN_INLINE void kiln_wstore(float* y, int len, kiln_wv x, float bias, kiln_wv l, kiln_wv h) {
+    x += bias;
+    kiln_wi below = x < l, above = x > h;
+    x = (kiln_wv)(((kiln_wi)l & below) | ((kiln_wi)x & ~below));
+    x = (kiln_wv)(((kiln_wi)h & above) | ((kiln_wi)x & ~above));
+    if (len == KILN_WL) {
+        *(kiln_wv_u*)y = x;
+    } else {
+        float tmp[KILN_WL] __attribute__((aligned(64)));
+        *(kiln_wv*)tmp = x;
+        for (int i = 0; i < len; ++i) y[i] = tmp[i];
+    }
+}
+
+/* One MR x (nv vectors) tile over all of K, bias and clamp on store (rows ldy apart). */
+KILN_INLINE void kiln_wide_tile(const int mr, const int nv, const int perm, int K,
+                                const float* a, const kiln_wvec* v, const int32_t* offs,
+                                ptrdiff_t ldy, const float* bias_row, float lo, float hi) {
     kiln_wv acc[8][2];
+    const float *b0 = v[0].b, *b1 = nv > 1 ? v[1].b : v[0].b;
+    const kiln_wi i0 = v[0].idx, i1 = nv > 1 ? v[1].idx : v[0].idx;
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) acc[r][0] = acc[r][1] = (kiln_wv){0};
     for (int k = 0; k < K; ++k) {
-        const float* bk = b + offs[k];
-        kiln_wv b0 = kiln_wload(bk), b1 = nv > 1 ? kiln_wload(bk + KILN_WL) : b0;
+        const kiln_wv x0 = kiln_wrow(b0 + offs[k], i0, perm);
+        const kiln_wv x1 = nv > 1 ? kiln_wrow(b1 + offs[k], i1, perm) : x0;
         const float* ak = a + (size_t)k * KILN_MR;
 #pragma GCC unroll 8
         for (int r = 0; r < mr; ++r) {
-            acc[r][0] += ak[r] * b0;
-            if (nv > 1) acc[r][1] += ak[r] * b1;
+            acc[r][0] += ak[r] * x0;
+            if (nv > 1) acc[r][1] += ak[r] * x1;
         }
     }
     const kiln_wv l = (kiln_wv){0} + lo, h = (kiln_wv){0} + hi;
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r)
-        for (int v = 0; v < nv; ++v) {
-            kiln_wv x = acc[r][v] + (bias_row ? bias_row[r] : 0.0f);
-            kiln_wi below = x < l, above = x > h;
-            x = (kiln_wv)(((kiln_wi)l & below) | ((kiln_wi)x & ~below));
-            x = (kiln_wv)(((kiln_wi)h & above) | ((kiln_wi)x & ~above));
-            *(kiln_wv_u*)(tmp + r * KILN_NR + v * KILN_WL) = x;
-        }
+        for (int u = 0; u < nv; ++u)
+            kiln_wstore(v[u].y + r * ldy, v[u].len, acc[r][u], bias_row ? bias_row[r] : 0.0f,
+                        l, h);
 }
 
+#define KILN_WIDE_NV(R, NV)                                                                  \
+    if (perm) kiln_wide_tile(R, NV, 1, K, a, v, offs, ldy, br, lo, hi);                      \
+    else kiln_wide_tile(R, NV, 0, K, a, v, offs, ldy, br, lo, hi);
 #define KILN_WIDE_CASE(R)                                                                    \
     case R:                                                                                  \
-        if (nv == 2) kiln_wide_tile(R, 2, K, a, b, offs, tmp, br, lo, hi);                   \
-        else kiln_wide_tile(R, 1, K, a, b, offs, tmp, br, lo, hi);                           \
+        if (nv == 2) {                                                                       \
+            KILN_WIDE_NV(R, 2)                                                               \
+        } else {                                                                             \
+            KILN_WIDE_NV(R, 1)                                                               \
+        }                                                                                    \
         break;
 
-/* The runs of valid pixels among grid columns [q, q + nq): `len` pixels at tile column `col`
- * that land at output column `off` (relative to pixel n0). */
-static int kiln_wide_runs(int q, int nq, int wp, int ow, int n0, kiln_run* runs) {
-    int n = 0;
-    for (int t = 0; t < nq;) {
-        const int g = q + t, oy = g / wp, ox = g % wp;
-        if (ox >= ow) {
-            t += wp - ox;
-            continue;
-        }
-        const int len = kiln_imin(nq - t, ow - ox);
-        runs[n++] = (kiln_run){t, len, (ptrdiff_t)oy * ow + ox - n0};
-        t += len;
+/* Where the walk over the output pixels of a set of images stands: image `img`, pixel p
+ * (row oy, column ox) among the pixels [n0, n1) of each image. */
+typedef struct {
+    int img, p, oy, ox;
+} kiln_wcursor;
+
+/* The next vector from the cursor (which it advances): as many pixels as fit WL lanes and
+ * 2 * WL grid columns (q = oy * WP + ox) without leaving the image or [n0, n1). Returns
+ * whether the pixels are one run of the grid (no shuffle needed). */
+static int kiln_wide_next(kiln_wcursor* c, const kiln_conv_shape* s, int n1, const float* xp,
+                          ptrdiff_t xstride, float* y, ptrdiff_t ystride, int n0,
+                          kiln_wvec* v) {
+    const int wp = KILN_CG_WP(s), ow = s->OW;
+    const int q0 = c->oy * wp + c->ox;
+    int32_t idx[KILN_WL];
+    int len = 0, oy = c->oy, ox = c->ox;
+    while (len < KILN_WL && c->p + len < n1 && oy * wp + ox - q0 < 2 * KILN_WL) {
+        idx[len++] = oy * wp + ox - q0;
+        if (++ox == ow) ox = 0, ++oy;
     }
-    return n;
+    for (int l = len; l < KILN_WL; ++l) idx[l] = idx[len - 1];
+    v->b = xp + c->img * xstride + q0;
+    v->y = y + c->img * ystride + (c->p - n0);
+    v->len = len;
+    for (int l = 0; l < KILN_WL; ++l) v->idx[l] = idx[l];
+    c->p += len, c->oy = oy, c->ox = ox;
+    if (c->p == n1) c->img += 1, c->p = n0, c->oy = n0 / ow, c->ox = n0 % ow;
+    return idx[len - 1] == len - 1;
 }
 
-void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float* A, int M,
-                         const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
-                         float hi) {
-    const int wp = KILN_CG_WP(s), ow = s->OW, K = s->C * s->KH * s->KW;
+/* The tap offsets of the K rows on the padded grid (see kiln_conv_gemm.h). */
+static void kiln_wide_offsets(const kiln_conv_shape* s, int32_t* offs) {
+    const int wp = KILN_CG_WP(s);
     const int32_t plane = KILN_CG_HP(s) * wp;
-    int32_t offs[KILN_CG_WIDE_MAXK];
-    if (n1 <= n0 || K > KILN_CG_WIDE_MAXK) return;
     for (int c = 0, k = 0; c < s->C; ++c)
         for (int ky = 0; ky < s->KH; ++ky)
             for (int kx = 0; kx < s->KW; ++kx)
                 offs[k++] = c * plane + ky * s->dh * wp + kx * s->dw;
-    const int qa = n0 / ow * wp + n0 % ow, qb = (n1 - 1) / ow * wp + (n1 - 1) % ow + 1;
-    float tmp[KILN_MR * KILN_NR] __attribute__((aligned(64)));
-    kiln_run runs[KILN_NR];
-    for (int q = qa; q < qb; q += KILN_NR) {
-        const int nq = kiln_imin(KILN_NR, qb - q), nv = nq > KILN_WL ? 2 : 1;
-        const int nruns = kiln_wide_runs(q, nq, wp, ow, n0, runs);
-        const float* b = xp + q;
+}
+
+/* Pixels [n0, n1) of `images` padded images (xstride floats apart; their outputs ystride
+ * apart), tiles of two vectors taken in order, so a tile may hold the end of one image and
+ * the start of the next. */
+static void kiln_wide_images(const float* xp, ptrdiff_t xstride, const kiln_conv_shape* s,
+                             const int32_t* offs, const float* A, int M, const float* bias,
+                             float* y, ptrdiff_t ldy, ptrdiff_t ystride, int images, int n0,
+                             int n1, float lo, float hi) {
+    const int K = s->C * s->KH * s->KW;
+    kiln_wcursor cur = {0, n0, n0 / s->OW, n0 % s->OW};
+    while (cur.img < images) {
+        kiln_wvec v[2];
+        int nv = 1, perm = !kiln_wide_next(&cur, s, n1, xp, xstride, y, ystride, n0, &v[0]);
+        if (cur.img < images) {
+            perm |= !kiln_wide_next(&cur, s, n1, xp, xstride, y, ystride, n0, &v[1]);
+            nv = 2;
+        }
         for (int i = 0; i < M; i += KILN_MR) {
             const float* a = A + (size_t)(i / KILN_MR) * K * KILN_MR;
             const float* br = bias ? bias + i : NULL;
-            const int mr = kiln_imin(KILN_MR, M - i);
-            switch (mr) {
+            switch (kiln_imin(KILN_MR, M - i)) {
                 KILN_WIDE_CASE(1) KILN_WIDE_CASE(2) KILN_WIDE_CASE(3) KILN_WIDE_CASE(4)
                 KILN_WIDE_CASE(5) KILN_WIDE_CASE(6) KILN_WIDE_CASE(7) KILN_WIDE_CASE(8)
                 default: break;
             }
-            for (int r = 0; r < mr; ++r)
-                for (int u = 0; u < nruns; ++u)
-                    kiln_copy_run(y + (ptrdiff_t)(i + r) * ldy + runs[u].off,
-                                  tmp + r * KILN_NR + runs[u].col, runs[u].len);
+            for (int u = 0; u < nv; ++u) v[u].y += KILN_MR * ldy;
         }
+    }
+}
+
+/* K past the offset table is a caller's bug (kiln's code generator routes such convs to the
+ * gather): stop here rather than return with y unwritten. */
+#define KILN_CG_WIDE_CHECK(s)                                                                \
+    if ((s)->C * (s)->KH * (s)->KW > KILN_CG_WIDE_MAXK || (s)->sh != 1 || (s)->sw != 1)      \
+        __builtin_trap();
+
+void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float* A, int M,
+                         const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
+                         float hi) {
+    KILN_CG_WIDE_CHECK(s)
+    int32_t offs[KILN_CG_WIDE_MAXK];
+    if (n1 <= n0) return;
+    kiln_wide_offsets(s, offs);
+    kiln_wide_images(xp, 0, s, offs, A, M, bias, y, ldy, 0, 1, n0, n1, lo, hi);
+}
+
+void kiln_conv_gemm_wide_batch(const float* x, const kiln_conv_shape* s, const float* A,
+                               int M, const float* bias, float* y, int images, float lo,
+                               float hi, float* xp) {
+    KILN_CG_WIDE_CHECK(s)
+    int32_t offs[KILN_CG_WIDE_MAXK];
+    const int P = s->OH * s->OW;
+    const size_t image = (size_t)s->C * s->H * s->W;
+    const ptrdiff_t padded = (ptrdiff_t)s->C * KILN_CG_HP(s) * KILN_CG_WP(s);
+    if (P == 0) return;
+    kiln_wide_offsets(s, offs);
+    for (int i = 0; i < images; i += KILN_CG_WIDE_GROUP) {
+        const int g = kiln_imin(KILN_CG_WIDE_GROUP, images - i);
+        for (int j = 0; j < g; ++j)
+            kiln_conv_gemm_pad(x + (i + j) * image, s, s->C, xp + j * padded);
+        memset(xp + g * padded, 0, sizeof(float) * KILN_CG_WIDE_SLACK);
+        kiln_wide_images(xp, padded, s, offs, A, M, bias, y + (ptrdiff_t)i * M * P, P,
+                         (ptrdiff_t)M * P, g, 0, P, lo, hi);
     }
 }

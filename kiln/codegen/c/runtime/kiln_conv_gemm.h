@@ -43,16 +43,20 @@ void kiln_conv_gemm(const float* xp, const kiln_conv_shape* s, const float* A, i
                     const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
                     float hi, int kc, float* panel);
 
-/* The "wide grid" scheme for stride 1 (any dilation), with no gather at all: outputs are
- * indexed on the padded grid, q = oy*WP + ox (ox < WP, so WP - OW columns per row are junk),
- * where row k = (c, ky, kx) of the implicit im2col matrix is contiguous in xp, at offset
- * c*HP*WP + ky*dh*WP + kx*dw. The micro-kernel loads B rows straight from xp through that
- * per-k offset table, keeps an MR x NR tile in registers over all of K, and stores only its
- * valid columns to y (at p = oy*OW + ox), bias and clamp on store. The last tile reads up to
- * NR floats past the padded image: xp comes from `kiln_conv_gemm_pad_wide`, which pads as
- * `kiln_conv_gemm_pad` and zeroes KILN_CG_WIDE_SLACK floats after it. K is at most
- * KILN_CG_WIDE_MAXK (the offset table lives on the stack). Same arguments as kiln_conv_gemm,
- * less the panel; requires sh = sw = 1. */
+/* The "wide grid" scheme for stride 1 (any dilation), with no gather at all: pixels are
+ * located on the padded grid, q = oy*WP + ox, where row k = (c, ky, kx) of the implicit im2col
+ * matrix is contiguous in xp, at offset c*HP*WP + ky*dh*WP + kx*dw. A tile is MR output
+ * channels x two vectors of up to NR/2 consecutive output pixels each; the micro-kernel keeps
+ * it in registers over all of K and loads each B row vector straight from xp through that
+ * per-k offset table: one load when the vector's pixels are one run of the grid (a wide
+ * plane), else two loads and one two-source shuffle that drops the WP - OW padding columns
+ * between output rows (small planes: an 8x8 output on a 10-wide grid), so no lane computes
+ * a junk column. A vector holds at most as many pixels as span 2 * NR/2 grid columns. Bias and
+ * clamp on store, straight to y. Loads run up to NR floats past the last padded image: xp
+ * comes from `kiln_conv_gemm_pad_wide`, which pads as `kiln_conv_gemm_pad` and zeroes
+ * KILN_CG_WIDE_SLACK floats after it. K is at most KILN_CG_WIDE_MAXK (the offset table lives
+ * on the stack) and sh = sw = 1: anything else traps (a code generator bug, never a silent
+ * no-op). `kiln_conv_gemm_wide` takes the arguments of kiln_conv_gemm, less the panel. */
 #define KILN_CG_WIDE_SLACK KILN_NR
 #define KILN_CG_WIDE_MAXK 4096
 void kiln_conv_gemm_pad_wide(const float* x, const kiln_conv_shape* s, int channels,
@@ -60,5 +64,19 @@ void kiln_conv_gemm_pad_wide(const float* x, const kiln_conv_shape* s, int chann
 void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float* A, int M,
                          const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
                          float hi);
+
+/* The wide scheme over `images` whole images: x and y are the first NCHW image and output
+ * (C*H*W and M*OH*OW floats per image), every pixel of every image. Images are padded
+ * KILN_CG_WIDE_GROUP at a time into xp (KILN_CG_WIDE_BATCH_FLOATS(s) floats, one call's
+ * scratch) and their vectors taken in one sequence, so a tile pairs the last vector of one
+ * image with the first of the next: an odd number of vectors per image (a 4x4 or 10x10
+ * output: 1 or 7 vectors of 16) wastes no half tile, and the call, offset table and loop
+ * set-up are paid once per batch, not per image. */
+#define KILN_CG_WIDE_GROUP 2
+#define KILN_CG_WIDE_BATCH_FLOATS(s) \
+    ((size_t)KILN_CG_WIDE_GROUP * (s)->C * KILN_CG_HP(s) * KILN_CG_WP(s) + KILN_CG_WIDE_SLACK)
+void kiln_conv_gemm_wide_batch(const float* x, const kiln_conv_shape* s, const float* A,
+                               int M, const float* bias, float* y, int images, float lo,
+                               float hi, float* xp);
 
 #endif /* KILN_CONV_GEMM_H */

@@ -10,6 +10,11 @@
  * bias and the clamp (relu, relu6) are applied as the results are stored. 3x3 and 5x5
  * kernels at stride 1 and 2 (no dilation) have specialised loops with compile-time sizes;
  * everything else takes the generic loop.
+ *
+ * With AVX-512, depthwise layers and planes narrower than a vector take the flat path
+ * instead (kiln_dwconv.c): the output plane as one flat array, 16 values per vector across
+ * rows, each tap a masked load straight from the input (stride 1, OW == W) or from its
+ * stride-2 phase, so small planes (8x8, 4x4) leave no lane idle and stride 1 copies nothing.
  */
 #ifndef KILN_DWCONV_H
 #define KILN_DWCONV_H
@@ -25,9 +30,12 @@
 #define KILN_DW_LINE(s) ((size_t)(s)->sw * KILN_DW_PHASE(s))
 /* Scratch (floats) for kiln_dwconv: the lines of one group's input channels, a zero line
  * that the taps above and below the image read, and the padded rows of one plane (stride 2)
- * with vector slack. */
-#define KILN_DW_SCRATCH(s, cin_g) \
+ * with vector slack; plus, for the flat path (AVX-512, kiln_dwconv.c), the 4 stride-2 phases
+ * (ceil(H/2) rows of OW) of the cin_g input planes of up to 4 groups. */
+#define KILN_DW_LINES_SCRATCH(s, cin_g) \
     (((size_t)(cin_g) * (s)->H + 1 + (s)->H) * KILN_DW_LINE(s) + 32)
+#define KILN_DW_SCRATCH(s, cin_g) \
+    (KILN_DW_LINES_SCRATCH(s, cin_g) + (size_t)16 * (cin_g) * (((s)->H + 1) / 2) * (s)->OW)
 
 /* Output channels [c0, c1) of y (y points at channel c0) from the whole image x (s->C
  * channels), weight (Cout, C/groups, KH, KW), optional bias, clamped to [lo, hi]; `lines`
