@@ -86,3 +86,26 @@ def test_conv1d_on_one_position_matches_torch() -> None:
 def test_squeeze_excite_under_sanitizers() -> None:
     torch.manual_seed(int(np.random.default_rng().integers(1 << 16)))
     check(SqueezeNet(11, 6, True).eval(), torch.randn(9, 3, 5, 6), sanitize=True)
+
+
+class PaddedPixel(nn.Module):
+    """A 1×1 conv on a 1×1 image with padding 1 and stride 3: its one output reads only the
+    zero padding, so it is the bias alone (a pixel GEMM would add x·w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(6, 9, 1, stride=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x)
+
+
+def test_padded_one_pixel_conv_is_not_a_pixel_gemm() -> None:
+    model = PaddedPixel().eval()
+    x = torch.randn(4, 6, 1, 1, generator=torch.Generator().manual_seed(
+        int(np.random.default_rng().integers(2**31))))
+    convs = [op for op in kiln.trace(model, (x,)).main.walk() if op.name == "kiln.conv2d"]
+    assert convs and all(anchor_class(op) is not PixelConvAnchor for op in convs)
+    with torch.no_grad():
+        assert model(x).shape[2:] == (1, 1)
+    check(model, x)

@@ -25,7 +25,8 @@ def is_pixel_conv(op: Op) -> bool:
     if not isinstance(kind, (Conv1d, Conv2d)) or kind.groups != 1:
         return False
     x, w, out = (v.type.shape for v in (op.operands[0], op.operands[1], op.results[0]))
-    return math.prod(w[2:]) == 1 and math.prod(x[2:]) == 1 and math.prod(out[2:]) == 1
+    return (math.prod(w[2:]) == 1 and math.prod(x[2:]) == 1 and math.prod(out[2:]) == 1
+            and not any(kind.padding))  # padded: the one output may read only zeros
 
 
 class PixelConvAnchor(LinearAnchor):
