@@ -39,10 +39,11 @@ from kiln.passes.quantize_layers import (
 )
 
 QTypeOf = Callable[[Value], "QuantType | None"]
-TABLE_OPS: tuple[type, ...] = tuple(
-    cls for cls in all_ops().values()
-    if issubclass(cls, ew.UnaryOp) and not issubclass(cls, ACTIVATIONS))
-"""The unary float ops that become tables (every `UnaryOp` but relu / relu6 / clamp)."""
+def table_ops() -> tuple[type, ...]:
+    """The unary float ops that become tables: every registered `UnaryOp` but relu / relu6 /
+    clamp — asked at each run, so ops registered after this module was imported count too."""
+    return tuple(cls for cls in all_ops().values()
+                 if issubclass(cls, ew.UnaryOp) and not issubclass(cls, ACTIVATIONS))
 
 
 def table_kind(op: Op, qtype: QTypeOf, integer_users: Collection[type]) -> QLut | None:
@@ -76,4 +77,4 @@ def plan_mul(group: Group, qtype: QTypeOf) -> LayerPlan:
                                    QOperand(TensorType(b.type.shape, qb), source=b)))
 
 
-__all__ = ["TABLE_OPS", "plan_mul", "table_kind"]
+__all__ = ["plan_mul", "table_kind", "table_ops"]

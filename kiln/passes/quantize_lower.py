@@ -40,7 +40,7 @@ from kiln.ir.rewriter import Rewriter
 from kiln.ir.types import QuantType
 from kiln.passes.calibrate import TensorStats, activation_type, observe_range
 from kiln.passes.fold_constants import known_value
-from kiln.passes.quantize_eltwise import TABLE_OPS, plan_mul, table_kind
+from kiln.passes.quantize_eltwise import plan_mul, table_kind, table_ops
 from kiln.passes.quantize_layers import (
     LayerPlan,
     clamp_range,
@@ -121,7 +121,7 @@ class Lowering:
             **{cls: self.lower_product for cls in PRODUCTS}, ew.Add: self.lower_add,
             **{cls: self.lower_passthrough for cls in PASSTHROUGH},
             **{cls: self.lower_activation for cls in (ew.Relu, ew.Relu6, ew.Clamp)},
-            ew.Mul: self.lower_mul, **{cls: self.lower_table for cls in TABLE_OPS},
+            ew.Mul: self.lower_mul, **{cls: self.lower_table for cls in table_ops()},
             shape.Concat: self.lower_concat,
             **{cls: self.lower_average for cls in (nn_pool.AvgPool1d, nn_pool.AvgPool2d,
                                                    nn_pool.AdaptiveAvgPool1d,
