@@ -22,6 +22,11 @@ from kiln.codegen.hls.layers import HlsLayer
 from kiln.codegen.writer import CodeWriter
 from kiln.ir.ops.lut import TABLED
 
+LUTRAM_DEPTH = 64
+"""Memories at most this many words deep go to LUTRAM, deeper ones to block RAM (hls4ml's and
+Vivado's usual split). Defined here, below the estimator, which imports it
+(`kiln.targets.cost.fpga_resources.memory_cost`), so pragma and estimate cannot disagree."""
+
 
 @dataclass(frozen=True)
 class Rom:
@@ -37,8 +42,6 @@ class Rom:
 
     @property
     def impl(self) -> str:
-        from kiln.targets.cost.fpga_resources import LUTRAM_DEPTH  # (the cost package imports
-        # the HLS emitters)
         return "lutram" if self.depth <= LUTRAM_DEPTH else "bram"
 
 

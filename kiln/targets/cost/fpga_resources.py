@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kiln.codegen.hls.rom_pragmas import LUTRAM_DEPTH
 from kiln.targets.cost.fpga_parts import DspKind, Part
 
 LUT_PRODUCT_BITS = 10
 LUT_PER_BIT_PRODUCT = 1.2
 BRAM18K_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
-LUTRAM_DEPTH = 64
 URAM_SHAPE = (4096, 72)
 
 
