@@ -28,6 +28,12 @@ Vivado's usual split). Defined here, below the estimator, which imports it
 (`kiln.targets.cost.fpga_resources.memory_cost`), so pragma and estimate cannot disagree."""
 
 
+def rom_copies(reads: int, reuse_factor: int) -> int:
+    """Dual-port ROM copies serving `reads` reads per call pipelined at II = reuse factor (the
+    estimator counts the same: `kiln.targets.cost.fpga_estimate`)."""
+    return max(math.ceil(math.ceil(reads / max(reuse_factor, 1)) / 2), 1)
+
+
 @dataclass(frozen=True)
 class Rom:
     """One table a layer reads: its array name, depth (words) and reads per call."""
@@ -38,7 +44,7 @@ class Rom:
 
     def copies(self, reuse_factor: int) -> int:
         """Dual-port copies serving ceil(reads / R) reads per cycle."""
-        return max(math.ceil(math.ceil(self.reads / max(reuse_factor, 1)) / 2), 1)
+        return rom_copies(self.reads, reuse_factor)
 
     @property
     def impl(self) -> str:

@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from kiln.codegen.hls.rom_pragmas import rom_copies
 from kiln.errors import KilnError
 from kiln.ir.graph import Module
 from kiln.targets.cost.fpga_layers import LayerShape, layer_shapes
@@ -201,11 +202,6 @@ def simple_cost(layer: LayerShape, io: IoMode, rf: int = 1) -> LayerCost:
         if softmax:
             cost.dsp = math.ceil(lanes / rf) if io == "parallel" else lanes
     return cost
-
-
-def rom_copies(reads: int, rf: int) -> int:
-    """Dual-port ROM copies serving `reads` reads per call pipelined at II = rf."""
-    return max(math.ceil(math.ceil(reads / rf) / 2), 1)
 
 
 def fifo_cost(layer: LayerShape, part: Part) -> Memory:
