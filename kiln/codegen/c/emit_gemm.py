@@ -173,6 +173,14 @@ class _Driver:
             ctx.note("clamp " + "+".join(op.name.removeprefix("kiln.")
                                          for op in self.group.epilogue))
 
+    def share_scratch(self, threads: int) -> None:
+        """The anchor's per-thread scratch: one slice per thread of one arena block."""
+        per = self.anchor.scratch_per_thread()
+        if per:
+            base = self.ctx.scratch(per * threads)
+            self.anchor.thread_scratch = (f"({base} + kiln_thread_id() * {per})"
+                                          if threads > 1 else base)
+
     def images(self) -> None:
         """An anchor that computes whole images (`Anchor.whole_images`, no epilogue tile): one
         call per block of batch indices, one block per thread, straight into the result."""
@@ -183,9 +191,7 @@ class _Driver:
         size = -(-n // threads)
         count = -(-n // size)
         threads = min(threads, count)
-        per = anchor.scratch_per_thread()
-        base = ctx.scratch(per * threads)
-        anchor.thread_scratch = f"({base} + kiln_thread_id() * {per})" if threads > 1 else base
+        self.share_scratch(threads)
         out = ctx.ref(ctx.results[0])
         assert self.bounds is not None
         lo, hi = (float_literal(b) for b in self.bounds)
@@ -208,11 +214,7 @@ class _Driver:
         other = view.cols_n if view.by_rows else view.rows_n
         self.tile_floats = size * other
         tile_base = ctx.scratch(self.tile_floats * threads) if self.tiled else ""
-        per = self.anchor.scratch_per_thread()
-        if per:
-            base = ctx.scratch(per * threads)
-            self.anchor.thread_scratch = (f"({base} + kiln_thread_id() * {per})"
-                                          if threads > 1 else base)
+        self.share_scratch(threads)
         batch = [Loop(ctx.shared.loops.next(), (d,), "0", str(self.space[d]))
                  for d in view.batch if self.space[d] > 1]
         bvars = {loop.dims[0]: loop.var for loop in batch}
