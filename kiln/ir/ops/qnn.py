@@ -255,6 +255,16 @@ class QMatMul(RequantOp):
         return (self._requantize(np.matmul(shifted(args[0], qa), shifted(args[1], qb))),)
 
 
+def binary_result(operands: Sequence[TensorType], to: QuantType) -> tuple[TensorType, ...]:
+    """The result type of a broadcasting binary int8 op: both operands quantized, the result
+    of type `to` at the broadcast shape (qadd, qmul)."""
+    a, b = operands
+    quant_of(a, "lhs")
+    quant_of(b, "rhs")
+    from kiln.ir.ops.elementwise import broadcast_shapes
+    return (TensorType(broadcast_shapes(a.shape, b.shape), to),)
+
+
 @register_op
 @dataclass(frozen=True)
 class QAdd(RequantOp):
@@ -288,11 +298,7 @@ class QAdd(RequantOp):
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         self.verify(operands)
-        a, b = operands
-        quant_of(a, "lhs")
-        quant_of(b, "rhs")
-        from kiln.ir.ops.elementwise import broadcast_shapes
-        return (TensorType(broadcast_shapes(a.shape, b.shape), self.to),)
+        return binary_result(operands, self.to)
 
     def reference_typed(self, operands: Sequence[TensorType],
                         *args: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.ir.ops.base import OpDef, fail, register_op
-from kiln.ir.ops.qnn import RequantOp, quant_of
+from kiln.ir.ops.qnn import RequantOp, binary_result, quant_of
 from kiln.ir.types import QuantType, TensorType
 
 TABLE_SIZE = 256
@@ -113,11 +113,7 @@ class QMul(RequantOp):
 
     def infer_type(self, operands: Sequence[TensorType]) -> tuple[TensorType, ...]:
         self.verify(operands)
-        a, b = operands
-        quant_of(a, "lhs")
-        quant_of(b, "rhs")
-        from kiln.ir.ops.elementwise import broadcast_shapes
-        return (TensorType(broadcast_shapes(a.shape, b.shape), self.to),)
+        return binary_result(operands, self.to)
 
     def reference_typed(self, operands: Sequence[TensorType],
                         *args: np.ndarray) -> tuple[np.ndarray, ...]:
