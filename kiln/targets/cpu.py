@@ -379,45 +379,62 @@ class CpuArtifact:
         return directory
 
 
-def _runtime(cache: BuildCache, program: CProgram, toolchain: gcc.Toolchain,
-             flags: list[str]) -> list[Path]:
-    """The objects of the runtime sources this model links (`runtime_deps.linked_sources`
-    chose them), each a cache entry of its own keyed by its source, every runtime header
+def _runtime_object(cache: BuildCache, program: CProgram, toolchain: gcc.Toolchain,
+                    flags: list[str], source: str) -> Path:
+    """The object of one runtime source this model links (`runtime_deps.linked_sources`
+    chose them), a cache entry of its own keyed by its source, every runtime header
     (kiln_config.h too), the flags and the compiler: a model compiles only the objects no
-    earlier model needed, the missing ones in parallel (one compiler process each)."""
+    earlier model needed."""
     headers = {n: t for n, t in program.sources.items()
                if n.startswith("kiln_") and n.endswith(".h")}
     common = [part for name in sorted(headers) for part in (name, headers[name])]
-    sources = sorted(n for n in program.sources if n.startswith("kiln_") and n.endswith(".c"))
+    obj = Path(source).stem + ".o"
+    key = cache_key(_CACHE_FORMAT, "runtime-object", toolchain.version, " ".join(flags),
+                    *common, source, program.sources[source])
 
-    def one(source: str) -> Path:
-        obj = Path(source).stem + ".o"
-        key = cache_key(_CACHE_FORMAT, "runtime-object", toolchain.version, " ".join(flags),
-                        *common, source, program.sources[source])
+    def build_object(work: Path) -> None:
+        for name, text in (*headers.items(), (source, program.sources[source])):
+            (work / name).write_text(text)
+        gcc.compile_objects(toolchain, work, [source], flags)
 
-        def build_object(work: Path) -> None:
-            for name, text in (*headers.items(), (source, program.sources[source])):
-                (work / name).write_text(text)
-            gcc.compile_objects(toolchain, work, [source], flags)
-
-        return cache.get(key, build_object, [obj]) / obj
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 1))) as pool:
-        return list(pool.map(one, sources))
+    return cache.get(key, build_object, [obj]) / obj
 
 
-def _build_into(work: Path, program: CProgram, toolchain: gcc.Toolchain, flags: list[str],
-                runtime: list[Path] | None) -> None:
-    """The model library (linked with the cached runtime), or the sanitized example."""
+def _build_library(work: Path, cache: BuildCache, program: CProgram,
+                   toolchain: gcc.Toolchain, flags: list[str]) -> None:
+    """libmodel.so: model.c and the missing runtime objects compiled at once, one compiler
+    process per file on every CPU, then linked. The jobs start longest first (by source size,
+    the estimate there is before compiling: a cold build is as long as its last job, and a
+    big file started last would run alone), model.c among them, since only the link needs
+    the runtime's objects."""
     for name, text in program.sources.items():
         (work / name).write_text(text)
-    if runtime is None:
-        runtime_c = sorted(n for n in program.sources if n.startswith("kiln_") and n.endswith(".c"))
-        sources = ["example.c", "model.c", *runtime_c]
-        gcc.compile_c(toolchain, work, sources, "example", flags, shared=False)
-    else:
-        gcc.compile_c(toolchain, work, ["model.c", *map(str, runtime)], "libmodel.so",
-                      [*flags, *LINK_FLAGS], shared=True)
+    runtime = sorted(n for n in program.sources if n.startswith("kiln_") and n.endswith(".c"))
+    jobs = sorted(["model.c", *runtime], key=lambda n: (-len(program.sources[n]), n))
+
+    def one(source: str) -> Path:
+        if source == "model.c":
+            return gcc.compile_objects(toolchain, work, [source], flags, "build.log")[0]
+        return _runtime_object(cache, program, toolchain, flags, source)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        objects = dict(zip(jobs, pool.map(one, jobs)))
+    gcc.compile_c(toolchain, work, [str(objects[n]) for n in ["model.c", *runtime]],
+                  "libmodel.so", [*flags, *LINK_FLAGS], shared=True, log_name="link.log")
+    link = work / "link.log"  # one log of the model's build: compile, then link
+    (work / "build.log").write_text((work / "build.log").read_text() + link.read_text())
+    link.unlink()
+    objects["model.c"].unlink()  # linked into libmodel.so; the cache entry keeps no copy
+
+
+def _build_example(work: Path, program: CProgram, toolchain: gcc.Toolchain,
+                   flags: list[str]) -> None:
+    """The sanitized example program, built from every source in one compiler call."""
+    for name, text in program.sources.items():
+        (work / name).write_text(text)
+    runtime_c = sorted(n for n in program.sources if n.startswith("kiln_") and n.endswith(".c"))
+    gcc.compile_c(toolchain, work, ["example.c", "model.c", *runtime_c], "example", flags,
+                  shared=False)
 
 
 def build(module: Module, options: Mapping[str, Any]) -> CpuArtifact:
@@ -439,9 +456,13 @@ def build(module: Module, options: Mapping[str, Any]) -> CpuArtifact:
     entry = cache.lookup(key)
     hit = entry is not None
     if entry is None:
-        runtime = None if opts.sanitize else _runtime(cache, program, toolchain, flags)
-        entry = cache.store(key, lambda work: _build_into(work, program, toolchain, flags,
-                                                          runtime), [_output_name(opts)])
+        if opts.sanitize:
+            entry = cache.store(key, lambda work: _build_example(work, program, toolchain,
+                                                                 flags), [_output_name(opts)])
+        else:
+            entry = cache.store(key, lambda work: _build_library(work, cache, program,
+                                                                 toolchain, flags),
+                                [_output_name(opts)])
     return CpuArtifact(module, program, entry, opts, toolchain, flags, hit,
                        time.perf_counter() - start)
 

@@ -120,8 +120,13 @@ def compile_objects(toolchain: Toolchain, workdir: Path, sources: Sequence[str],
     log = workdir / log_name
     log.write_text("".join(" ".join(cmd) + "\n\n" + r.stdout + r.stderr + "\n"
                            for cmd, r in zip(cmds, results)))
-    if any(r.returncode != 0 for r in results):
-        raise CompileError(f"{Path(toolchain.cc).name} failed to build the kiln runtime", log)
+    failed = [(s, r) for s, r in zip(sources, results) if r.returncode != 0]
+    if failed:
+        first = next((line for _, r in failed for line in r.stderr.splitlines()
+                      if "error" in line), "")
+        raise CompileError(f"{Path(toolchain.cc).name} failed to build "
+                           f"{', '.join(s for s, _ in failed)}"
+                           + (f": {first.strip()}" if first else ""), log)
     return [workdir / (Path(s).stem + ".o") for s in sources]
 
 
