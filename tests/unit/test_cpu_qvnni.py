@@ -52,10 +52,11 @@ def ptr(a: np.ndarray) -> ctypes.c_void_p:
 def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     work = tmp_path_factory.mktemp(f"qvnni-{request.param}")
     root = resources.files("kiln.codegen.c").joinpath("runtime")
-    for name in ("kiln_qgemm.h", "kiln_qvnni.h", "kiln_qgemm.c", "kiln_qvnni.c"):
+    sources = ["kiln_qgemm.c", "kiln_qvnni.c", "kiln_qpack.c"]
+    for name in ("kiln_qgemm.h", "kiln_qvnni.h", *sources):
         (work / name).write_text(root.joinpath(name).read_text())
     flags = [*gcc.flags(request.param, 1, False), "-Werror", "-fvisibility=default"]
-    out = gcc.compile_c(gcc.find("gcc"), work, ["kiln_qgemm.c", "kiln_qvnni.c"], "libq.so",
+    out = gcc.compile_c(gcc.find("gcc"), work, sources, "libq.so",
                         flags, shared=True)
     return ctypes.CDLL(str(out))
 

@@ -12,149 +12,80 @@ static long kiln_qoffset(const kiln_qgeom* g, int p) {
     return ((long)oy * g->sh * g->wp + (long)ox * g->sw) * g->elem;
 }
 
+/* Where byte `off` (from the tile's base) sits in the two 64-byte windows at 0 and hi, or -1. */
+static int kiln_qwindow(long off, long hi) {
+    return off < 64 ? (int)off : (off >= hi && off - hi < 64 ? (int)(64 + off - hi) : -1);
+}
+
 int kiln_qtiles(const kiln_qgeom* g, kiln_qtile* tiles) {
     const int pixels = g->oh * g->ow, tap = g->elem == 4 ? 1 : g->dw;
     int n = 0;
     for (int p = 0; p < pixels; ++n) {
         kiln_qtile* t = tiles + n;
-        long base = kiln_qoffset(g, p);
-        int count = 1;
-        while (count < 16 && p + count < pixels &&
-               kiln_qoffset(g, p + count) - base + 3 * tap < 128)
+        const long base = kiln_qoffset(g, p);
+        long hi = 0; /* the second window (0: not placed yet) at the first byte past 64 */
+        int count = 0;
+        while (count < 16 && p + count < pixels) {
+            const long off = kiln_qoffset(g, p + count) - base;
+            const long h = hi == 0 && off + 3 * tap >= 64 ? (off < 64 ? 64 : off) : hi;
+            if (kiln_qwindow(off, h) < 0 || kiln_qwindow(off + 3 * tap, h) < 0) break;
+            hi = h;
             ++count;
+        }
+        hi = hi ? hi : 64;
         t->base = (int32_t)base;
         t->p0 = p;
         t->count = count;
+        t->hi = (int32_t)hi;
         t->dense = 1;
         for (int j = 0; j < 16; ++j) {
-            long off = kiln_qoffset(g, p + (j < count ? j : 0)) - base;
-            for (int k = 0; k < 4; ++k) t->idx[4 * j + k] = (uint8_t)(off + k * tap);
+            const long off = kiln_qoffset(g, p + (j < count ? j : 0)) - base;
+            for (int k = 0; k < 4; ++k)
+                t->idx[4 * j + k] = (uint8_t)kiln_qwindow(off + k * tap, hi);
             if (j < count && (off != 4 * j || tap != 1)) t->dense = 0;
         }
         p += count;
     }
-    if (n % 2) {
-        tiles[n] = tiles[n - 1];
-        tiles[n++].count = 0;
-    }
     return n;
 }
 
-long kiln_qpack_bytes(int C, const kiln_qgeom* g) {
-    long planes = g->elem == 4 ? (C + 3) / 4 : C;
-    return planes * g->hp * g->wp * g->elem + 128;
-}
-
-#if KILN_QVNNI
-/* One padded row of 4 interleaved channels: 16 pixels of each of the 4 rows (NULL: the
- * channel is past C and holds the pad byte) into 64 bytes by one vpermb. */
-static void kiln_qpack_row4(const uint8_t* const rows[4], int W, uint8_t flip, uint8_t pad,
-                            uint8_t* dst) {
-    static const uint8_t order[64] = {
-        0, 16, 32, 48, 1, 17, 33, 49, 2, 18, 34, 50, 3, 19, 35, 51, 4, 20, 36, 52, 5, 21,
-        37, 53, 6, 22, 38, 54, 7, 23, 39, 55, 8, 24, 40, 56, 9, 25, 41, 57, 10, 26, 42, 58,
-        11, 27, 43, 59, 12, 28, 44, 60, 13, 29, 45, 61, 14, 30, 46, 62, 15, 31, 47, 63};
-    const __m512i idx = _mm512_loadu_si512((const void*)order);
-    const __m128i pads = _mm_set1_epi8((char)pad), flips = _mm_set1_epi8((char)flip);
-    for (int x = 0; x < W; x += 16) {
-        const int n = W - x < 16 ? W - x : 16;
-        const __mmask16 m = (__mmask16)((1u << n) - 1u);
-        __m128i part[4];
-        for (int t = 0; t < 4; ++t)
-            part[t] = rows[t] ? _mm_xor_si128(_mm_maskz_loadu_epi8(m, rows[t] + x), flips)
-                              : pads;
-        __m512i v = _mm512_inserti32x4(_mm512_castsi128_si512(part[0]), part[1], 1);
-        v = _mm512_inserti32x4(_mm512_inserti32x4(v, part[2], 2), part[3], 3);
-        const __mmask64 bytes = n == 16 ? ~(__mmask64)0 : ((__mmask64)1 << (4 * n)) - 1;
-        _mm512_mask_storeu_epi8(dst + 4 * x, bytes, _mm512_permutexvar_epi8(idx, v));
-    }
-}
-#endif
-
-void kiln_qpack(const void* x, int x_unsigned, int pad, int C, int H, int W, int pt, int pl,
-                const kiln_qgeom* g, uint8_t* P) {
-    const long bytes = kiln_qpack_bytes(C, g);
-    const uint8_t* src = (const uint8_t*)x;
-    const uint8_t flip = x_unsigned ? 0 : 0x80;
-    const int e = g->elem;
-    memset(P + bytes - 128, 0, 128);
-#if KILN_QVNNI
-    if (e == 4 && g->hp == H && g->wp == W) { /* unpadded: whole planes at once */
-        for (int c4 = 0; c4 < (C + 3) / 4; ++c4) {
-            const uint8_t* rows[4];
-            for (int t = 0; t < 4; ++t)
-                rows[t] = 4 * c4 + t < C ? src + (long)(4 * c4 + t) * H * W : NULL;
-            kiln_qpack_row4(rows, H * W, flip, (uint8_t)pad, P + (long)c4 * H * W * 4);
+int kiln_qtiles_images(const kiln_qgeom* g, int images, long out_stride, kiln_qtile* tiles) {
+    const int n = kiln_qtiles(g, tiles);
+    const long part = (long)g->hp * g->wp * g->elem;
+    for (int i = 1; i < images; ++i)
+        for (int j = 0; j < n; ++j) {
+            kiln_qtile* t = tiles + (long)i * n + j;
+            *t = tiles[j];
+            t->base = (int32_t)(t->base + i * part);
+            t->p0 = (int32_t)(t->p0 + i * out_stride);
         }
-        return;
-    }
-#endif
-    memset(P, pad, (size_t)(bytes - 128));
-#if KILN_QVNNI
-    if (e == 4) {
-        for (int c4 = 0; c4 < (C + 3) / 4; ++c4)
-            for (int y = 0; y < H; ++y) {
-                const uint8_t* rows[4];
-                for (int t = 0; t < 4; ++t)
-                    rows[t] = 4 * c4 + t < C ? src + ((long)(4 * c4 + t) * H + y) * W : NULL;
-                kiln_qpack_row4(rows, W, flip, (uint8_t)pad,
-                                P + (((long)c4 * g->hp + y + pt) * g->wp + pl) * 4);
-            }
-        return;
-    }
-    const __m512i flips = _mm512_set1_epi8((char)flip);
-    for (int c = 0; e == 1 && c < C; ++c)
-        for (int y = 0; y < H; ++y) {
-            const uint8_t* row = src + ((long)c * H + y) * W;
-            uint8_t* dst = P + ((long)c * g->hp + y + pt) * g->wp + pl;
-            for (int i = 0; i < W; i += 64) {
-                const __mmask64 m = W - i >= 64 ? ~(__mmask64)0
-                                                : ((__mmask64)1 << (W - i)) - 1;
-                _mm512_mask_storeu_epi8(dst + i, m, _mm512_xor_si512(
-                    _mm512_maskz_loadu_epi8(m, row + i), flips));
-            }
-        }
-    if (e == 1) return;
-#endif
-    for (int c = 0; c < C; ++c) {
-        const long plane = e == 4 ? (long)(c / 4) * g->hp : (long)c * g->hp;
-        for (int y = 0; y < H; ++y) {
-            const uint8_t* row = src + ((long)c * H + y) * W;
-            uint8_t* dst = P + ((plane + y + pt) * g->wp + pl) * e + (e == 4 ? c % 4 : 0);
-            if (e == 1) {
-                for (int i = 0; i < W; ++i) dst[i] = (uint8_t)(row[i] ^ flip);
-            } else {
-                for (int i = 0; i < W; ++i) dst[(long)i * 4] = (uint8_t)(row[i] ^ flip);
-            }
-        }
-    }
+    return n * images;
 }
 
-void kiln_qpack_rows(const void* x, int x_unsigned, int pad, int M, int K, uint8_t* P) {
-    const uint8_t* src = (const uint8_t*)x;
-    const uint8_t flip = x_unsigned ? 0 : 0x80;
-    const int k4 = (K + 3) / 4;
-    memset(P + (long)k4 * M * 4, 0, 128);
-    for (int m = 0; m < M; ++m) {
-        const uint8_t* row = src + (long)m * K;
-        for (int k = 0; k < 4 * k4; ++k)
-            P[((long)(k / 4) * M + m) * 4 + k % 4] = k < K ? (uint8_t)(row[k] ^ flip)
-                                                           : (uint8_t)pad;
+int kiln_qchannels(const kiln_requant* rq, int N, int ch0, kiln_qch* ch) {
+    int int32 = 1;
+    memset(ch, 0, sizeof(kiln_qch) * (size_t)(N + KILN_QVNR));
+    for (int n = 0; n < N; ++n) {
+        const int c = n + ch0, i = rq->per_channel ? c : 0, t = 31 - rq->shift[i];
+        kiln_qch* k = ch + n;
+        k->bias = rq->bias ? rq->bias[c] : 0;
+        k->mult = rq->mult[i];
+        k->t = t;
+        k->lo = rq->lo;
+        k->hi = rq->hi;
+        k->zo = rq->zo;
+        /* the int32 form's rounding term with zo folded in: |hi32| <= 2^30, so the sum
+         * stays in int32 while |round| < 2^30 */
+        const int64_t round = t >= 33 ? ((int64_t)1 << (t - 33)) + rq->zo * ((int64_t)1 << (t - 32))
+                                      : 0;
+        const int ok = t >= 33 && round > -(1L << 30) && round < (1L << 30);
+        k->round = ok ? (int32_t)round : 0;
+        k->shift = t - 32;
+        int32 &= ok;
     }
-}
-
-/* Requantizes 16 lanes of channel c (lanes past the tile's count are not stored). */
-static void kiln_qstore_lanes(const int32_t acc[16], const kiln_requant* rq, int c, int ch0,
-                              const kiln_qtile* t, void* out, long rs, long cs) {
-    uint8_t* o = (uint8_t*)out + (long)c * cs;
-    c += ch0;
-    const int i = rq->per_channel ? c : 0;
-    for (int j = 0; j < t->count; ++j) {
-        int32_t s = (int32_t)((uint32_t)acc[j] + (uint32_t)rq->bias[c]);
-        int64_t y = kiln_rmulshift(s, rq->mult[i], rq->shift[i]) + rq->zo;
-        y = y < rq->lo ? rq->lo : (y > rq->hi ? rq->hi : y);
-        o[(long)(t->p0 + j) * rs] = (uint8_t)y;
-    }
+    for (int n = N; n < N + KILN_QVNR; ++n) ch[n].t = 33; /* padding: defined shifts */
+    if (!int32) return 0;
+    return rq->hi != (rq->out_unsigned ? 255 : 127) ? 1 : (rq->out_unsigned ? 3 : 2);
 }
 
 /* Steps of the dot product: ceil(C / 4) * kh * kw (elem 4) or C * kh * ceil(kw / 4). */
@@ -178,88 +109,165 @@ static void kiln_qsteps(const kiln_qgeom* g, int C, long* offsets) {
 #if KILN_QVNNI
 #define KILN_QINLINE static inline __attribute__((always_inline))
 
-/* One channel's requantization constants, broadcast (64-bit lanes for the products). */
-typedef struct {
-    __m512i bias, mult, round, lo, hi, zo;
-    __m128i shift;
-} kiln_qrq16;
-
-KILN_QINLINE kiln_qrq16 kiln_qrq_channel(const kiln_requant* rq, int c) {
-    const int i = rq->per_channel ? c : 0, t = 31 - rq->shift[i];
-    kiln_qrq16 k;
-    k.bias = _mm512_set1_epi32(rq->bias[c]);
-    k.mult = _mm512_set1_epi64(rq->mult[i]);
-    k.round = _mm512_set1_epi64((int64_t)1 << (t - 1));
-    k.lo = _mm512_set1_epi64((int64_t)rq->lo - rq->zo);
-    k.hi = _mm512_set1_epi64((int64_t)rq->hi - rq->zo);
-    k.zo = _mm512_set1_epi32(rq->zo);
-    k.shift = _mm_cvtsi32_si128(t);
-    return k;
+/* 16 lanes (bias included) requantized to bytes. mode 0: even and odd lanes through the int64
+ * rounding multiply-shift, clamped to [lo - zo, hi - zo], + zo. Else the int32 form: the high
+ * words of the products gathered by one vpermt2d, + round (zo folded in), shifted, clamped
+ * below at lo and above at hi (mode 1) or by the saturating narrowing (hi the storage
+ * maximum: 2 signed, 3 unsigned). */
+KILN_QINLINE __m128i kiln_qrequant16(__m512i acc, const kiln_qch* k, int mode) {
+    const __m512i m = _mm512_set1_epi32(k->mult);
+    __m512i e = _mm512_mul_epi32(acc, m);
+    __m512i o = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), m);
+    __m512i y;
+    if (mode) {
+        const __m512i high = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19,
+                                              3, 17, 1);
+        y = _mm512_permutex2var_epi32(e, high, o);
+        y = _mm512_srav_epi32(_mm512_add_epi32(y, _mm512_set1_epi32(k->round)),
+                              _mm512_set1_epi32(k->shift));
+        y = _mm512_max_epi32(y, _mm512_set1_epi32(k->lo));
+        if (mode == 2) return _mm512_cvtsepi32_epi8(y);
+        if (mode == 3) return _mm512_cvtusepi32_epi8(y);
+        return _mm512_cvtepi32_epi8(_mm512_min_epi32(y, _mm512_set1_epi32(k->hi)));
+    }
+    const __m512i round = _mm512_set1_epi64((int64_t)1 << (k->t - 1));
+    const __m512i lo = _mm512_set1_epi64((int64_t)k->lo - k->zo);
+    const __m512i hi = _mm512_set1_epi64((int64_t)k->hi - k->zo);
+    const __m128i t = _mm_cvtsi32_si128(k->t);
+    e = _mm512_sra_epi64(_mm512_add_epi64(e, round), t);
+    o = _mm512_sra_epi64(_mm512_add_epi64(o, round), t);
+    e = _mm512_min_epi64(_mm512_max_epi64(e, lo), hi);
+    o = _mm512_min_epi64(_mm512_max_epi64(o, lo), hi);
+    y = _mm512_mask_blend_epi32((__mmask16)0xAAAA, e, _mm512_slli_epi64(o, 32));
+    return _mm512_cvtepi32_epi8(_mm512_add_epi32(y, _mm512_set1_epi32(k->zo)));
 }
 
-/* 16 lanes requantized to bytes: (acc + bias) wrapped to int32; even and odd lanes through
- * the int64 rounding multiply-shift, clamped to [lo - zo, hi - zo]; back together, + zo. */
-KILN_QINLINE __m128i kiln_qrequant16(__m512i acc, const kiln_qrq16* k) {
-    acc = _mm512_add_epi32(acc, k->bias);
-    __m512i e = _mm512_mul_epi32(acc, k->mult);
-    __m512i o = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), k->mult);
-    e = _mm512_sra_epi64(_mm512_add_epi64(e, k->round), k->shift);
-    o = _mm512_sra_epi64(_mm512_add_epi64(o, k->round), k->shift);
-    e = _mm512_min_epi64(_mm512_max_epi64(e, k->lo), k->hi);
-    o = _mm512_min_epi64(_mm512_max_epi64(o, k->lo), k->hi);
-    __m512i y = _mm512_mask_blend_epi32((__mmask16)0xAAAA, e, _mm512_slli_epi64(o, 32));
-    return _mm512_cvtepi32_epi8(_mm512_add_epi32(y, k->zo));
-}
-
-/* Stores channel c (c + ch0 in rq) of a tile: contiguous masked bytes when rs == 1. */
-KILN_QINLINE void kiln_qput16(__m512i acc, const kiln_qrq16* k, const kiln_requant* rq, int c,
-                              int ch0, const kiln_qtile* t, void* out, long rs, long cs) {
-    if (t->count == 0) return;
+/* One channel's bytes of a tile at o[p * rs]: one masked store when rs == 1. */
+KILN_QINLINE void kiln_qput(__m128i v, const kiln_qtile* t, uint8_t* o, long rs) {
     if (rs == 1) {
-        const __mmask16 mask = (__mmask16)((1u << t->count) - 1u);
-        _mm_mask_storeu_epi8((uint8_t*)out + (long)c * cs + t->p0, mask, kiln_qrequant16(acc, k));
+        _mm_mask_storeu_epi8(o + t->p0, (__mmask16)((1u << t->count) - 1u), v);
         return;
     }
-    int32_t lanes[16];
-    _mm512_storeu_si512((void*)lanes, acc);
-    kiln_qstore_lanes(lanes, rq, c, ch0, t, out, rs, cs);
+    uint8_t bytes[16];
+    _mm_storeu_si128((__m128i*)(void*)bytes, v);
+    for (int j = 0; j < t->count; ++j) o[(long)(t->p0 + j) * rs] = bytes[j];
 }
 
-/* The 16 lanes' 4 bytes at a tap: two loads and one vpermi2b (one load for a dense tile). */
-KILN_QINLINE __m512i kiln_qgather(const uint8_t* at, __m512i idx, int dense) {
+/* Stores requantized channel rows v[0..nn) of a tile: out[p * rs + n * cs]. rs == 1: one
+ * masked store per channel; cs == 1 (a linear layer): the 16 x 8 bytes transposed by two
+ * vpermt2b into 16 rows of 8 channels, one masked 8-byte store per row; else byte by byte. */
+KILN_QINLINE void kiln_qstore(const __m128i v[KILN_QVNR], int nn, const kiln_qtile* t,
+                              uint8_t* out, long rs, long cs) {
+    if (rs == 1 || cs != 1) {
+        for (int n = 0; n < nn; ++n) kiln_qput(v[n], t, out + (long)n * cs, rs);
+        return;
+    }
+    static const uint8_t order[64] = {
+        0, 16, 32, 48, 64, 80, 96, 112, 1, 17, 33, 49, 65, 81, 97, 113, 2, 18, 34, 50, 66, 82,
+        98, 114, 3, 19, 35, 51, 67, 83, 99, 115, 4, 20, 36, 52, 68, 84, 100, 116, 5, 21, 37,
+        53, 69, 85, 101, 117, 6, 22, 38, 54, 70, 86, 102, 118, 7, 23, 39, 55, 71, 87, 103, 119};
+    const __m512i idx = _mm512_loadu_si512((const void*)order);
+    __m512i a = _mm512_inserti32x4(_mm512_castsi128_si512(v[0]), v[1], 1);
+    __m512i b = _mm512_inserti32x4(_mm512_castsi128_si512(v[4]), v[5], 1);
+    a = _mm512_inserti32x4(_mm512_inserti32x4(a, v[2], 2), v[3], 3);
+    b = _mm512_inserti32x4(_mm512_inserti32x4(b, v[6], 2), v[7], 3);
+    const __m512i shift8 = _mm512_set1_epi8(8);
+    const __m512i rows[2] = {_mm512_permutex2var_epi8(a, idx, b),
+                             _mm512_permutex2var_epi8(
+                                 a, _mm512_add_epi8(idx, shift8), b)};
+    const __mmask16 cmask = (__mmask16)((1u << nn) - 1u);
+    uint8_t* o = out + (long)t->p0 * rs;
+    for (int j = 0; j < t->count; ++j) {
+        const __m128i q = _mm512_extracti32x4_epi32(rows[j / 8], 0);
+        __m128i r = q;
+        switch ((j % 8) / 2) {
+        case 1: r = _mm512_extracti32x4_epi32(rows[j / 8], 1); break;
+        case 2: r = _mm512_extracti32x4_epi32(rows[j / 8], 2); break;
+        case 3: r = _mm512_extracti32x4_epi32(rows[j / 8], 3); break;
+        default: break;
+        }
+        if (j % 2) r = _mm_srli_si128(r, 8);
+        _mm_mask_storeu_epi8(o + (long)j * rs, cmask, r);
+    }
+}
+
+/* acc + the dot products of x's 4-byte groups with the word at w (broadcast). Inline asm:
+ * gcc 12 copies the intrinsic's accumulator to a fresh register and back at every step (two
+ * moves per vpdpbusd and spills in the 16-accumulator loop); the tied operand keeps it in place
+ * and the word is an embedded broadcast. */
+KILN_QINLINE __m512i kiln_qdot(__m512i acc, __m512i x, const int32_t* w) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(x), "m"(*w));
+    return acc;
+}
+
+/* The 16 lanes' 4 bytes at a tap: one load (dense), or two 64-byte windows (at, at + hi)
+ * and one vpermi2b. */
+KILN_QINLINE __m512i kiln_qgather(const uint8_t* at, __m512i idx, long hi, int dense) {
     if (dense) return _mm512_loadu_si512((const void*)at);
     return _mm512_permutex2var_epi8(_mm512_loadu_si512((const void*)at), idx,
-                                    _mm512_loadu_si512((const void*)(at + 64)));
+                                    _mm512_loadu_si512((const void*)(at + hi)));
 }
 
-/* Channels nb..nb+7 of two tiles (dense: both tiles read their lanes' bytes contiguously). */
-KILN_QINLINE void kiln_qconv_block(const kiln_qtile* t, const uint8_t* P, const long* offsets,
-                                   long S, int nb, int N, const int32_t* w,
-                                   const kiln_requant* rq, int ch0, void* out, long rs, long cs,
-                                   int dense) {
+/* Channels of one block of 8 (nn of them real) for T (1 or 2) tiles: accumulators start at the
+ * bias, S steps of T gathers and 8 x T vpdpbusd, then requantize and store. */
+KILN_QINLINE void kiln_qconv_block(const kiln_qtile* t, int T, const uint8_t* P,
+                                   const long* offsets, long S, const int32_t* w,
+                                   const kiln_qch* ch, int nn, uint8_t* out, long rs, long cs,
+                                   int dense, int mode) {
     __m512i acc0[KILN_QVNR], acc1[KILN_QVNR];
-    for (int n = 0; n < KILN_QVNR; ++n) acc0[n] = acc1[n] = _mm512_setzero_si512();
+    for (int n = 0; n < KILN_QVNR; ++n) acc0[n] = acc1[n] = _mm512_set1_epi32(ch[n].bias);
     const __m512i i0 = _mm512_loadu_si512((const void*)t[0].idx);
-    const __m512i i1 = _mm512_loadu_si512((const void*)t[1].idx);
-    const uint8_t *a0 = P + t[0].base, *a1 = P + t[1].base;
+    const __m512i i1 = T == 2 ? _mm512_loadu_si512((const void*)t[1].idx) : i0;
+    const uint8_t *a0 = P + t[0].base, *a1 = P + t[T - 1].base;
+    const long h0 = t[0].hi, h1 = t[T - 1].hi;
     for (long s = 0; s < S; ++s, w += KILN_QVNR) {
-        const __m512i x0 = kiln_qgather(a0 + offsets[s], i0, dense);
-        const __m512i x1 = kiln_qgather(a1 + offsets[s], i1, dense);
-        for (int n = 0; n < KILN_QVNR; ++n) {
-            const __m512i b = _mm512_set1_epi32(w[n]);
-            acc0[n] = _mm512_dpbusd_epi32(acc0[n], x0, b);
-            acc1[n] = _mm512_dpbusd_epi32(acc1[n], x1, b);
+        const __m512i x0 = kiln_qgather(a0 + offsets[s], i0, h0, dense);
+        if (T == 2) {
+            const __m512i x1 = kiln_qgather(a1 + offsets[s], i1, h1, dense);
+            for (int n = 0; n < KILN_QVNR; ++n) {
+                acc0[n] = kiln_qdot(acc0[n], x0, w + n);
+                acc1[n] = kiln_qdot(acc1[n], x1, w + n);
+            }
+        } else {
+            for (int n = 0; n < KILN_QVNR; ++n) acc0[n] = kiln_qdot(acc0[n], x0, w + n);
         }
     }
-    for (int n = 0; n < KILN_QVNR && nb + n < N; ++n) {
-        const kiln_qrq16 k = kiln_qrq_channel(rq, nb + n + ch0);
-        kiln_qput16(acc0[n], &k, rq, nb + n, ch0, &t[0], out, rs, cs);
-        kiln_qput16(acc1[n], &k, rq, nb + n, ch0, &t[1], out, rs, cs);
+    /* all 8 channels requantized (channels past nn have zero constants and are not stored),
+     * one tile after the other: this shape keeps gcc's accumulators in registers */
+    __m128i v[KILN_QVNR];
+    for (int n = 0; n < KILN_QVNR; ++n) v[n] = kiln_qrequant16(acc0[n], ch + n, mode);
+    kiln_qstore(v, nn, &t[0], out, rs, cs);
+    if (T == 1) return;
+    for (int n = 0; n < KILN_QVNR; ++n) v[n] = kiln_qrequant16(acc1[n], ch + n, mode);
+    kiln_qstore(v, nn, &t[1], out, rs, cs);
+}
+
+/* All tiles of one block of channels: pairs, then a last single tile. */
+KILN_QINLINE void kiln_qconv_tiles(const kiln_qtile* tiles, int ntiles, const uint8_t* P,
+                                   const long* offsets, long S, const int32_t* w,
+                                   const kiln_qch* ch, int nn, uint8_t* out, long rs, long cs,
+                                   int mode) {
+    int t = 0;
+    for (; t + 1 < ntiles; t += 2) {
+        if (tiles[t].dense && tiles[t + 1].dense)
+            kiln_qconv_block(tiles + t, 2, P, offsets, S, w, ch, nn, out, rs, cs, 1, mode);
+        else
+            kiln_qconv_block(tiles + t, 2, P, offsets, S, w, ch, nn, out, rs, cs, 0, mode);
+    }
+    if (t < ntiles)
+        kiln_qconv_block(tiles + t, 1, P, offsets, S, w, ch, nn, out, rs, cs, 0, mode);
+}
+#else
+/* Requantizes 16 lanes of channel k (the int32 sum already holds the bias; scalar path). */
+static void kiln_qstore_lanes(const int32_t acc[16], const kiln_qch* k, const kiln_qtile* t,
+                              uint8_t* o, long rs) {
+    for (int j = 0; j < t->count; ++j) {
+        int64_t y = kiln_rmulshift(acc[j], k->mult, 31 - k->t) + k->zo;
+        y = y < k->lo ? k->lo : (y > k->hi ? k->hi : y);
+        o[(long)(t->p0 + j) * rs] = (uint8_t)y;
     }
 }
-#endif
 
-#if !KILN_QVNNI
 /* Plain loops: the dot product of one lane of a tile with one channel's words. */
 static int32_t kiln_qlane(const uint8_t* at, const kiln_qtile* t, int j, const int32_t* w,
                           long stride, int steps, const long* offsets) {
@@ -267,39 +275,132 @@ static int32_t kiln_qlane(const uint8_t* at, const kiln_qtile* t, int j, const i
     for (int s = 0; s < steps; ++s) {
         int32_t word = w[(long)s * stride];
         const int8_t* b = (const int8_t*)&word;
-        for (int k = 0; k < 4; ++k)
-            acc += (uint32_t)((int32_t)at[offsets[s] + t->idx[4 * j + k]] * b[k]);
+        for (int k = 0; k < 4; ++k) {
+            const int i = t->idx[4 * j + k];
+            acc += (uint32_t)((int32_t)at[offsets[s] + (i < 64 ? i : t->hi + i - 64)] * b[k]);
+        }
     }
     return (int32_t)acc;
 }
 #endif
 
-void kiln_qconv_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles, const uint8_t* P,
-                     int C, int N, const int32_t* B, const kiln_requant* rq, int ch0, void* out,
-                     long rs, long cs) {
+void kiln_qconvch_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles,
+                        const uint8_t* P, int C, int N, const int32_t* B, const kiln_qch* ch,
+                        int mode, void* out, long rs, long cs) {
     const long S = kiln_qnsteps(g, C);
     long offsets[S > 0 ? S : 1];
     kiln_qsteps(g, C, offsets);
+    uint8_t* o = (uint8_t*)out;
 #if KILN_QVNNI
-    for (int t = 0; t < ntiles; t += 2) {
-        const int dense = tiles[t].dense && tiles[t + 1].dense;
-        for (int nb = 0; nb < N; nb += KILN_QVNR) {
-            const int32_t* w = B + nb / KILN_QVNR * S * KILN_QVNR;
-            if (dense)
-                kiln_qconv_block(tiles + t, P, offsets, S, nb, N, w, rq, ch0, out, rs, cs, 1);
-            else
-                kiln_qconv_block(tiles + t, P, offsets, S, nb, N, w, rq, ch0, out, rs, cs, 0);
+    for (int nb = 0; nb < N; nb += KILN_QVNR) {
+        const int32_t* w = B + nb / KILN_QVNR * S * KILN_QVNR;
+        const int nn = N - nb < KILN_QVNR ? N - nb : KILN_QVNR;
+        uint8_t* y = o + nb * cs;
+        switch (mode) { /* one specialization per requantization mode */
+        case 1: kiln_qconv_tiles(tiles, ntiles, P, offsets, S, w, ch + nb, nn, y, rs, cs, 1); break;
+        case 2: kiln_qconv_tiles(tiles, ntiles, P, offsets, S, w, ch + nb, nn, y, rs, cs, 2); break;
+        case 3: kiln_qconv_tiles(tiles, ntiles, P, offsets, S, w, ch + nb, nn, y, rs, cs, 3); break;
+        default: kiln_qconv_tiles(tiles, ntiles, P, offsets, S, w, ch + nb, nn, y, rs, cs, 0);
         }
     }
 #else
+    (void)mode;
     int32_t lanes[16] = {0};
     for (int t = 0; t < ntiles; ++t)
         for (int n = 0; n < N; ++n) {
             const int32_t* w = B + n / KILN_QVNR * S * KILN_QVNR + n % KILN_QVNR;
             for (int j = 0; j < tiles[t].count; ++j)
-                lanes[j] = kiln_qlane(P + tiles[t].base, &tiles[t], j, w, KILN_QVNR, (int)S,
-                                      offsets);
-            kiln_qstore_lanes(lanes, rq, n, ch0, &tiles[t], out, rs, cs);
+                lanes[j] = (int32_t)((uint32_t)kiln_qlane(P + tiles[t].base, &tiles[t], j, w,
+                                                          KILN_QVNR, (int)S, offsets) +
+                                     (uint32_t)ch[n].bias);
+            kiln_qstore_lanes(lanes, ch + n, &tiles[t], o + n * cs, rs);
+        }
+#endif
+}
+
+void kiln_qconv_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles, const uint8_t* P,
+                     int C, int N, const int32_t* B, const kiln_requant* rq, int ch0, void* out,
+                     long rs, long cs) {
+    kiln_qch ch[N + KILN_QVNR];
+    const int mode = kiln_qchannels(rq, N, ch0, ch);
+    kiln_qconvch_vnni(g, tiles, ntiles, P, C, N, B, ch, mode, out, rs, cs);
+}
+
+#if KILN_QVNNI
+/* Depthwise: channels c..c+3 (cn of them real; the others repeat channel c and are not stored)
+ * of tiles t..t+T-1, 4 x T accumulators; each channel reads its own plane and weights. */
+KILN_QINLINE void kiln_qdw_block(const kiln_qtile* t, int T, const uint8_t* P, long plane,
+                                 const long* offsets, int S, const int32_t* B, const kiln_qch* ch,
+                                 int c, int cn, uint8_t* out, long rs, long cs, int mode) {
+    const __m512i i0 = _mm512_loadu_si512((const void*)t[0].idx);
+    const __m512i i1 = _mm512_loadu_si512((const void*)t[T - 1].idx);
+    const long h0 = t[0].hi, h1 = t[T - 1].hi;
+    const uint8_t* a[4];
+    const int32_t* w[4];
+    __m512i acc0[4], acc1[4];
+    for (int k = 0; k < 4; ++k) {
+        const int cc = c + (k < cn ? k : 0);
+        a[k] = P + cc * plane;
+        w[k] = B + (long)cc * S;
+        acc0[k] = acc1[k] = _mm512_set1_epi32(ch[cc].bias);
+    }
+    for (int s = 0; s < S; ++s) {
+        const long off = offsets[s];
+        for (int k = 0; k < 4; ++k) {
+            acc0[k] = kiln_qdot(acc0[k], kiln_qgather(a[k] + t[0].base + off, i0, h0, 0),
+                                w[k] + s);
+            if (T == 2)
+                acc1[k] = kiln_qdot(acc1[k], kiln_qgather(a[k] + t[1].base + off, i1, h1, 0),
+                                    w[k] + s);
+        }
+    }
+    __m128i v[4]; /* as in kiln_qconv_block */
+    for (int k = 0; k < 4; ++k) v[k] = kiln_qrequant16(acc0[k], ch + c + k, mode);
+    for (int k = 0; k < cn; ++k) kiln_qput(v[k], t, out + (long)(c + k) * cs, rs);
+    if (T == 1) return;
+    for (int k = 0; k < 4; ++k) v[k] = kiln_qrequant16(acc1[k], ch + c + k, mode);
+    for (int k = 0; k < cn; ++k) kiln_qput(v[k], t + 1, out + (long)(c + k) * cs, rs);
+}
+
+KILN_QINLINE void kiln_qdw_all(const kiln_qtile* tiles, int ntiles, const uint8_t* P, long plane,
+                               const long* offsets, int S, int C, const int32_t* B,
+                               const kiln_qch* ch, uint8_t* out, long rs, long cs, int mode) {
+    for (int c = 0; c < C; c += 4) {
+        const int cn = C - c < 4 ? C - c : 4;
+        int t = 0;
+        for (; t + 1 < ntiles; t += 2)
+            kiln_qdw_block(tiles + t, 2, P, plane, offsets, S, B, ch, c, cn, out, rs, cs, mode);
+        if (t < ntiles)
+            kiln_qdw_block(tiles + t, 1, P, plane, offsets, S, B, ch, c, cn, out, rs, cs, mode);
+    }
+}
+#endif
+
+void kiln_qdwch_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles,
+                      const uint8_t* P, int C, const int32_t* B, const kiln_qch* ch, int mode,
+                      void* out, long rs, long cs) {
+    long offsets[64];
+    const int S = (int)kiln_qnsteps(g, 1);
+    kiln_qsteps(g, 1, offsets);
+    const long plane = (long)g->hp * g->wp;
+    uint8_t* o = (uint8_t*)out;
+#if KILN_QVNNI
+    switch (mode) {
+    case 1: kiln_qdw_all(tiles, ntiles, P, plane, offsets, S, C, B, ch, o, rs, cs, 1); break;
+    case 2: kiln_qdw_all(tiles, ntiles, P, plane, offsets, S, C, B, ch, o, rs, cs, 2); break;
+    case 3: kiln_qdw_all(tiles, ntiles, P, plane, offsets, S, C, B, ch, o, rs, cs, 3); break;
+    default: kiln_qdw_all(tiles, ntiles, P, plane, offsets, S, C, B, ch, o, rs, cs, 0);
+    }
+#else
+    (void)mode;
+    int32_t lanes[16] = {0};
+    for (int t = 0; t < ntiles; ++t)
+        for (int c = 0; c < C; ++c) {
+            for (int j = 0; j < tiles[t].count; ++j)
+                lanes[j] = (int32_t)((uint32_t)kiln_qlane(P + c * plane + tiles[t].base,
+                                                          &tiles[t], j, B + (long)c * S, 1, S,
+                                                          offsets) + (uint32_t)ch[c].bias);
+            kiln_qstore_lanes(lanes, ch + c, &tiles[t], o + c * cs, rs);
         }
 #endif
 }
@@ -307,38 +408,9 @@ void kiln_qconv_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles, c
 void kiln_qdw_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles, const uint8_t* P,
                    int C, const int32_t* B, const kiln_requant* rq, int ch0, void* out,
                    long rs, long cs) {
-    long offsets[64];
-    const int S = (int)kiln_qnsteps(g, 1);
-    kiln_qsteps(g, 1, offsets);
-    const long plane = (long)g->hp * g->wp;
-#if KILN_QVNNI
-    for (int t = 0; t < ntiles; t += 2) {
-        const __m512i i0 = _mm512_loadu_si512((const void*)tiles[t].idx);
-        const __m512i i1 = _mm512_loadu_si512((const void*)tiles[t + 1].idx);
-        for (int c = 0; c < C; ++c) {
-            const uint8_t *a0 = P + c * plane + tiles[t].base, *a1 = P + c * plane +
-                                                                     tiles[t + 1].base;
-            __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-            for (int s = 0; s < S; ++s) {
-                const __m512i b = _mm512_set1_epi32(B[(long)c * S + s]);
-                acc0 = _mm512_dpbusd_epi32(acc0, kiln_qgather(a0 + offsets[s], i0, 0), b);
-                acc1 = _mm512_dpbusd_epi32(acc1, kiln_qgather(a1 + offsets[s], i1, 0), b);
-            }
-            const kiln_qrq16 k = kiln_qrq_channel(rq, c + ch0);
-            kiln_qput16(acc0, &k, rq, c, ch0, &tiles[t], out, rs, cs);
-            kiln_qput16(acc1, &k, rq, c, ch0, &tiles[t + 1], out, rs, cs);
-        }
-    }
-#else
-    int32_t lanes[16] = {0};
-    for (int t = 0; t < ntiles; ++t)
-        for (int c = 0; c < C; ++c) {
-            for (int j = 0; j < tiles[t].count; ++j)
-                lanes[j] = kiln_qlane(P + c * plane + tiles[t].base, &tiles[t], j,
-                                      B + (long)c * S, 1, S, offsets);
-            kiln_qstore_lanes(lanes, rq, c, ch0, &tiles[t], out, rs, cs);
-        }
-#endif
+    kiln_qch ch[C + KILN_QVNR];
+    const int mode = kiln_qchannels(rq, C, ch0, ch);
+    kiln_qdwch_vnni(g, tiles, ntiles, P, C, B, ch, mode, out, rs, cs);
 }
 
 int kiln_qvnni_enabled(void) { return KILN_QVNNI; }

@@ -20,7 +20,11 @@
  *           channels do not mix, and convolutions of fewer channels than taps in a row (the
  *           emitter picks the layout that wastes fewer multiplies).
  * A tile is up to 16 consecutive output pixels (flat oy * ow + ox, possibly across rows) whose
- * 4-byte groups all lie within 128 bytes of the tile's base: one vpermi2b gathers them. */
+ * 4-byte groups lie in two 64-byte windows at a tap: one vpermi2b gathers them (one plain load
+ * when they are contiguous). Accumulators start at the (folded) bias; requantization runs in
+ * int32 lanes when every channel shifts right by t >= 33 (hi32(s * m) + 2^(t-33), arithmetic
+ * shift by t - 32: exact, since the rounding term 2^(t-1) is a multiple of 2^32), else in
+ * int64 lanes. */
 #ifndef KILN_QVNNI_H
 #define KILN_QVNNI_H
 
@@ -50,13 +54,17 @@ typedef struct {
 typedef struct {
     int32_t base;    /* byte offset of lane 0's first tap in the packed input */
     int32_t p0;      /* first output pixel */
-    int32_t count;   /* output pixels of the tile, 1..16; 0 for the phantom that pads to even */
+    int32_t count;   /* output pixels of the tile, 1..16 */
     int32_t dense;   /* lane j's bytes are 4j..4j+3 (a plain load gathers them) */
-    uint8_t idx[64]; /* vpermi2b index of lane j's byte t (4j + t) in the 128 bytes at a tap */
+    int32_t hi;      /* offset of the second 64-byte window (>= 64) */
+    uint8_t idx[64]; /* vpermi2b index of lane j's byte t (4j + t) in the two windows at a tap:
+                        i < 64 at byte i, else at byte hi + i - 64 */
 } kiln_qtile;
 
-/* The tiles of a geometry (an even number; at most oh * ceil(ow / 16) + 1), written to
- * `tiles`; returns their number. Needs 15 * sw * elem + 3 * (elem == 4 ? 1 : dw) < 128. */
+/* The tiles of a geometry (at most oh * ceil(ow / 16)), written to `tiles`; returns their
+ * number. Each tile's bytes lie in two 64-byte windows, at its base and `hi` past it (a tile
+ * may span output rows: the second window starts at the next row's bytes). Needs
+ * 15 * sw * elem + 3 * (elem == 4 ? 1 : dw) < 128. */
 int kiln_qtiles(const kiln_qgeom* g, kiln_qtile* tiles);
 
 /* Bytes of the packed input of C channels (with 128 bytes of slack that tiles may read). */
@@ -67,9 +75,34 @@ long kiln_qpack_bytes(int C, const kiln_qgeom* g);
 void kiln_qpack(const void* x, int x_unsigned, int pad, int C, int H, int W, int pt, int pl,
                 const kiln_qgeom* g, uint8_t* P);
 
+/* Packs `images` images (x + i * x_stride bytes each, C x H x W) stacked in each packed plane:
+ * image i at i * hp * wp * elem bytes of a plane of images * hp * wp * elem bytes, so one
+ * convolution over the stacked geometry (hp * images rows) and kiln_qtiles_images covers
+ * them all (kiln_qpack_bytes(C, g) - 128 per image, and 128 bytes of slack). */
+void kiln_qpack_images(const void* x, int x_unsigned, int pad, int C, int H, int W, int pt,
+                       int pl, const kiln_qgeom* g, int images, long x_stride, uint8_t* P);
+
+/* The tiles of `images` stacked images of geometry g: image i's tiles are image 0's with
+ * their bases i planes-parts further and their first pixels i * out_stride further (the
+ * offset of image i's output). Returns images * kiln_qtiles(g). */
+int kiln_qtiles_images(const kiln_qgeom* g, int images, long out_stride, kiln_qtile* tiles);
+
 /* Packs M rows of K values (a [M][K] matrix) into the elem-4 layout of a 1 x M image with K
  * channels (a linear layer as a 1x1 convolution). */
 void kiln_qpack_rows(const void* x, int x_unsigned, int pad, int M, int K, uint8_t* P);
+
+/* Requantization constants of one output channel (kiln_qchannels). The int32 form (round,
+ * shift) holds when t = 31 - shift >= 33. */
+typedef struct {
+    int32_t bias, mult, t, lo, hi, zo, round, shift;
+} kiln_qch;
+
+/* The constants of channels ch0 .. ch0 + N - 1 of rq into ch[0 .. N), and harmless ones
+ * (multiplier 0, a defined shift) in ch[N .. N + 8): blocks of 8 requantize past N without
+ * storing. Returns the requantization mode: 0 int64 lanes; else every channel has the int32
+ * form, clamped by min/max (1) or, hi being the storage maximum, narrowed with signed (2) or
+ * unsigned (3) saturation. Computed once per layer and passed to the kiln_q*ch_vnni kernels. */
+int kiln_qchannels(const kiln_requant* rq, int N, int ch0, kiln_qch* ch);
 
 /* Convolution of the packed C channels by N output channels:
  * out[p * rs + n * cs] = requant(sum + bias'[n + ch0]) for output pixel p and channel n; B
@@ -80,11 +113,22 @@ void kiln_qconv_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles, c
                      int C, int N, const int32_t* B, const kiln_requant* rq, int ch0, void* out,
                      long rs, long cs);
 
+/* kiln_qconv_vnni with the channel constants of kiln_qchannels (ch: output channel n at
+ * ch[n]). */
+void kiln_qconvch_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles,
+                        const uint8_t* P, int C, int N, const int32_t* B, const kiln_qch* ch,
+                        int mode, void* out, long rs, long cs);
+
 /* Depthwise convolution of the packed C channels (elem 1), one output channel each; word s of
  * channel c at B[c * S + s] holds taps 4g..4g+3 of row ky (zero past kw), s = ky * G + g,
  * G = ceil(kw / 4), S = kh * G. */
 void kiln_qdw_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles, const uint8_t* P,
                    int C, const int32_t* B, const kiln_requant* rq, int ch0, void* out,
                    long rs, long cs);
+
+/* kiln_qdw_vnni with the channel constants of kiln_qchannels. */
+void kiln_qdwch_vnni(const kiln_qgeom* g, const kiln_qtile* tiles, int ntiles,
+                      const uint8_t* P, int C, const int32_t* B, const kiln_qch* ch, int mode,
+                      void* out, long rs, long cs);
 
 #endif
