@@ -1,4 +1,5 @@
-"""int8 kernels of the cpu target: quantize, dequantize, the `kiln.q*` ops and int8 pooling.
+"""int8 kernels of the cpu target: quantize, dequantize and the GEMM-like `kiln.q*` ops (qadd,
+qrescale, qreduce_mean and int8 max pooling live in `emit_qeltwise.py`).
 
 Bit-exact with the interpreter (the arithmetic contract is `kiln/ir/requant.py`). Quantized
 values live in the arena as packed 8-bit integers (the planner's 4 bytes per element leave
@@ -15,7 +16,6 @@ int32 dot product serves int8 and uint8 alike (also the only path for weights wi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +23,8 @@ import numpy as np
 
 from kiln.codegen.c import emit_qvnni
 from kiln.codegen.c.context import KernelContext
-from kiln.codegen.c.emit_pool import _as_2d
+from kiln.codegen.c.emit_qeltwise import emit_qadd, emit_qreduce_mean, emit_qrescale
+from kiln.codegen.c.emit_qeltwise import emit_qmax_pool as emit_qmax_pool
 from kiln.ir.graph import Op, Value
 from kiln.ir.ops.core import Return
 from kiln.ir.ops.nn_pool import MaxPool1d, MaxPool2d
@@ -240,14 +241,12 @@ def emit_qlinear(ctx: KernelContext) -> None:
         ctx.note(f"qlinear int16 {'packed ' if n >= 4 else ''}gemm")
         return
     scratch = ctx.scratch(max(need, conv.scratch_floats()))
-    x, y = op.operands[0], op.results[0]
+    x = op.operands[0]
     zx = emit_qvnni.input_zero_point(ctx)
     ctx.w.line("#if KILN_QVNNI")
     weights = _vnni_weights(ctx, conv, zx)
     emit_qvnni.emit_scratch(ctx, conv, scratch)
-    ctx.w.line(f"kiln_qpack_rows({ctx.ref(x)}, {_unsigned(x)}, {zx}, {m}, {k}, P);")
-    ctx.w.line(f"kiln_qconv_vnni(&geo, tiles, ntiles, P, {k}, {n}, {weights}, &rq, 0, "
-               f"{ctx.ref(y)}, {n}L, 1L);")
+    emit_qvnni.emit_rows(ctx, conv, weights, _unsigned(x), zx)
     ctx.w.line("#else")
     _qlinear_int16(ctx, scratch)
     ctx.w.line("#endif")
@@ -315,34 +314,20 @@ def emit_qconv(ctx: KernelContext) -> None:
 
 
 def _qconv_vnni(ctx: KernelContext, conv: emit_qvnni.VnniConv, scratch: str) -> None:
-    """Per image (and group): pack the padded input, convolve, requantize, store NCHW."""
+    """Per call of `conv.images` images (and group): pack the padded input, convolve,
+    requantize, store NCHW."""
     op = ctx.op
     assert isinstance(op.kind, (QConv1d, QConv2d))
     x, y = op.operands[0], op.results[0]
-    xs, ys = x.type.shape, y.type.shape
     zx = emit_qvnni.input_zero_point(ctx)
     weights = _vnni_weights(ctx, conv, zx)
     emit_qvnni.emit_scratch(ctx, conv, scratch)
+    if conv.rows:
+        return emit_qvnni.emit_rows(ctx, conv, weights, _unsigned(x), zx)
     geo = _conv_geometry(op.kind, x.type.rank - 2).split(", ")
-    pt, pl = geo[2], geo[3]
-    h, w_ = (1 if x.type.rank == 3 else xs[2]), xs[-1]
-    plane, out_plane = h * w_, conv.oh * conv.ow
     ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
     ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
-    with ctx.w.block(f"for (int b = 0; b < {xs[0]}; ++b)"):
-        if conv.depthwise:
-            ctx.w.line(f"kiln_qpack(X + (long)b * {xs[1] * plane}L, {_unsigned(x)}, {zx}, "
-                       f"{xs[1]}, {h}, {w_}, {pt}, {pl}, &geo, P);")
-            ctx.w.line(f"kiln_qdw_vnni(&geo, tiles, ntiles, P, {xs[1]}, {weights}, &rq, 0, "
-                       f"Y + (long)b * {ys[1] * out_plane}L, 1L, {out_plane}L);")
-            return
-        with ctx.w.block(f"for (int g = 0; g < {conv.groups}; ++g)"):
-            ctx.w.line(f"kiln_qpack(X + ((long)b * {xs[1]} + g * {conv.cin}) * {plane}L, "
-                       f"{_unsigned(x)}, {zx}, {conv.cin}, {h}, {w_}, {pt}, {pl}, &geo, P);")
-            ctx.w.line(f"kiln_qconv_vnni(&geo, tiles, ntiles, P, {conv.cin}, {conv.cout}, "
-                       f"{weights} + (long)g * {emit_qvnni.group_words(conv)}, &rq, "
-                       f"g * {conv.cout}, Y + ((long)b * {ys[1]} + g * {conv.cout}) * "
-                       f"{out_plane}L, 1L, {out_plane}L);")
+    emit_qvnni.emit_images(ctx, conv, weights, _unsigned(x), zx, int(geo[2]), int(geo[3]))
 
 
 def _qconv_int16_scratch(op: Op) -> int:
@@ -389,97 +374,7 @@ def _conv_geometry(kind: QConv1d | QConv2d, spatial: int) -> str:
     return f"{s[0]}, {s[1]}, {p[0]}, {p[1]}, {d[0]}, {d[1]}"
 
 
-# -- elementwise and reductions ------------------------------------------------------------------
-def _clamped_store(ctx: KernelContext, expr: str, low: int, high: int) -> None:
-    ctx.w.line(f"int64_t v = {expr};")
-    ctx.w.line(f"Y[i] = ({_ctype(ctx.op.results[0])})(v < {low} ? {low} : "
-               f"(v > {high} ? {high} : v));")
-
-
-def emit_qadd(ctx: KernelContext) -> None:
-    """TFLite add: rescale both (after << left_shift), add, requantize, clamp."""
-    kind = ctx.op.kind
-    assert isinstance(kind, QAdd)
-    a, b = ctx.op.operands
-    y = ctx.op.results[0]
-    low, high = kind._clamp()
-    for tag, v in (("A", a), ("B", b)):
-        ctx.w.line(f"const {_ctype(v)}* {tag} = (const {_ctype(v)}*){ctx.ref(v)};")
-    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
-    with ctx.w.block(f"for (long i = 0; i < {y.type.numel}L; ++i)"):
-        ctx.w.line(f"int64_t sa = kiln_rmulshift(((int)A[i] - {quant(a).zero_point[0]}) * "
-                   f"{1 << kind.left_shift}, {kind.lhs_multiplier}, {kind.lhs_shift});")
-        ctx.w.line(f"int64_t sb = kiln_rmulshift(((int)B[i] - {quant(b).zero_point[0]}) * "
-                   f"{1 << kind.left_shift}, {kind.rhs_multiplier}, {kind.rhs_shift});")
-        ctx.w.line("int32_t s = (int32_t)(uint32_t)(uint64_t)(sa + sb);")
-        _clamped_store(ctx, f"kiln_rmulshift(s, {kind.multiplier[0]}, {kind.shift[0]}) + "
-                       f"{quant(y).zero_point[0]}", low, high)
-    ctx.note("qadd int8")
-
-
-def emit_qrescale(ctx: KernelContext) -> None:
-    """rmul(x - zx) + zo, clamped."""
-    kind = ctx.op.kind
-    assert isinstance(kind, QRescale)
-    x, y = ctx.op.operands[0], ctx.op.results[0]
-    low, high = kind._clamp()
-    ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
-    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
-    with ctx.w.block(f"for (long i = 0; i < {y.type.numel}L; ++i)"):
-        _clamped_store(ctx, f"kiln_rmulshift((int)X[i] - {quant(x).zero_point[0]}, "
-                       f"{kind.multiplier[0]}, {kind.shift[0]}) + {quant(y).zero_point[0]}",
-                       low, high)
-    ctx.note("qrescale int8")
-
-
-def emit_qreduce_mean(ctx: KernelContext) -> None:
-    """Σ (x - zp) over the trailing axes, divided rounding half away from zero, + zp."""
-    x, y = ctx.op.operands[0], ctx.op.results[0]
-    count = math.prod(x.type.shape[a] for a in getattr(ctx.op.kind, "axes", ()))
-    zp = quant(x).zero_point[0]
-    low, high = _storage_range(y)
-    ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
-    ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
-    with ctx.w.block(f"for (long i = 0; i < {y.type.numel}L; ++i)"):
-        ctx.w.line("int64_t s = 0;")
-        ctx.w.line(f"for (long j = 0; j < {count}L; ++j) s += (int)X[i * {count}L + j] - {zp};")
-        ctx.w.line(f"int64_t d = s >= 0 ? (s + {count // 2}) / {count} : "
-                   f"-((-s + {count // 2}) / {count});")
-        _clamped_store(ctx, f"d + {zp}", low, high)
-    ctx.note("qreduce_mean int8")
-
-
-def emit_qmax_pool(ctx: KernelContext) -> None:
-    """Max over each window's in-bounds taps (padding never wins), on 8-bit storage."""
-    op = ctx.op
-    x, y = op.operands[0], op.results[0]
-    xs, ys = x.type.shape, y.type.shape
-    spatial = len(xs) - 2
-    h, w_ = (1, xs[2]) if spatial == 1 else xs[2:]
-    oh, ow = (1, ys[2]) if spatial == 1 else ys[2:]
-    geo = _as_2d(op.kind, spatial)
-    (kh, kw), (sh, sw) = geo["kernel"], geo["stride"]
-    pt, pl = geo["pad"][0], geo["pad"][1]
-    dh, dw = geo["dilation"]
-    low = _storage_range(x)[0]
-    t = _ctype(x)
-    w = ctx.w
-    w.line(f"const {t}* X = (const {t}*){ctx.ref(x)};")
-    w.line(f"{t}* Y = ({t}*){ctx.ref(y)};")
-    with w.block(f"for (long p = 0; p < {xs[0] * xs[1]}L; ++p)"):
-        w.line(f"const {t}* xp = X + p * {h * w_}L;")
-        with w.block(f"for (int oy = 0; oy < {oh}; ++oy)"), \
-                w.block(f"for (int ox = 0; ox < {ow}; ++ox)"):
-            w.line(f"int best = {low};")
-            with w.block(f"for (int ky = 0; ky < {kh}; ++ky)"):
-                w.line(f"int iy = oy * {sh} - {pt} + ky * {dh};")
-                w.line(f"if (iy < 0 || iy >= {h}) continue;")
-                with w.block(f"for (int kx = 0; kx < {kw}; ++kx)"):
-                    w.line(f"int ix = ox * {sw} - {pl} + kx * {dw};")
-                    w.line(f"if (ix >= 0 && ix < {w_} && xp[iy * {w_} + ix] > best) "
-                           f"best = xp[iy * {w_} + ix];")
-            w.line(f"Y[p * {oh * ow}L + oy * {ow} + ox] = ({t})best;")
-    ctx.note("max pool int8")
+# -- elementwise and reductions: emit_qeltwise.py -------------------------------------------
 
 
 def int8_or(float_emitter: Emitter, int8_emitter: Emitter) -> Emitter:
