@@ -6,7 +6,11 @@ the row's elements (its input expression inlined), its result a scalar (`Sym`); 
 ops on those scalars run once per row; a final pass computes and stores the full-size results.
 Softmax is max, then sum of exp(x - max), then exp(x - max) / sum; layer norm is mean, then the
 sum of squared deviations, then the normalization. A lone softmax / log-softmax / layer norm
-over trailing dims calls the hand-vectorized runtime kernels instead (`kiln_norm.h`).
+over trailing dims calls the hand-vectorized runtime kernels instead (`kiln_norm.h`), and so
+does one fed by a chain of pointwise ops (the scale before an attention softmax): the chain is
+one elementwise pass into the result, the kernel then runs on it in place. The scalar row loops
+below cannot match the kernels: C's float sums do not reassociate, so gcc keeps each row's
+reductions (and their exp) scalar.
 
 Every element of a row is read in the passes before any is written, and a row's final pass
 writes element i only after reading it, so a full-size operand may share the result's memory.
@@ -18,16 +22,23 @@ import math
 from collections.abc import Sequence
 
 from kiln.codegen.c.context import KernelContext
-from kiln.codegen.c.emit_eltwise import full_view_buffers, leaf_of
+from kiln.codegen.c.emit_eltwise import (
+    full_view_buffers,
+    inplace_operands,
+    leaf_of,
+    write_pass,
+)
 from kiln.codegen.c.expr import (
     Apply,
     Leaf,
     Loop,
     LoopNest,
     Node,
+    Read,
     Source,
     Statements,
     Sym,
+    build_nodes,
     contiguous_strides,
     is_pointwise,
     operand_views,
@@ -228,6 +239,8 @@ def emit_row_group(ctx: KernelContext, ops: Sequence[Op], args: dict[Value, Valu
     rows = _group_rows(ops)
     if rows is None:
         return False
+    if _emit_chain_then_kernel(ctx, ops, args, yields):
+        return True
     probe = ctx.dry_run()
     try:  # a dry run decides; only then write for real
         env: dict[Value, Source] = {a: leaf_of(probe, o) for a, o in args.items()}
@@ -250,27 +263,67 @@ def emit_row_group(ctx: KernelContext, ops: Sequence[Op], args: dict[Value, Valu
     return True
 
 
+def _kernel_call(op: Op, x: str, y: str, params: Sequence[str]) -> str | None:
+    """The `kiln_norm.h` call computing `op` from buffer `x` into `y` (which may be `x`; layer
+    norm's affine parameters `params`), or None where no runtime kernel fits (softmax over
+    another axis, a reduction)."""
+    shape = op.operands[0].type.shape
+    numel = op.operands[0].type.numel
+    kind = op.kind
+    if isinstance(kind, (Softmax, LogSoftmax)) and kind.axis % len(shape) == len(shape) - 1:
+        return (f"kiln_softmax_rows({x}, {y}, {numel // max(shape[-1], 1)}, {shape[-1]}, "
+                f"{int(isinstance(kind, LogSoftmax))});")
+    if isinstance(kind, LayerNorm):
+        length = math.prod(shape[len(shape) - kind.normalized_ndim:])
+        refs = [*params] + ["NULL"] * (2 - len(params))
+        return (f"kiln_layer_norm_rows({x}, {refs[0]}, {refs[1]}, {y}, "
+                f"{numel // max(length, 1)}, {length}, {float_literal(kind.eps)});")
+    return None
+
+
+def _emit_chain_then_kernel(ctx: KernelContext, ops: Sequence[Op], args: dict[Value, Value],
+                            yields: Sequence[Value]) -> bool:
+    """Pointwise ops, all at the full shape, feeding a last softmax / layer norm that has a
+    runtime kernel and is the group's only result: the chain as one elementwise pass into the
+    result buffer, then the kernel in place there. False, with nothing written, otherwise."""
+    *chain, last = ops
+    result = last.results[0]
+    if not chain or list(yields) != [result] or not all(is_pointwise(o) for o in chain):
+        return False
+    x, space = last.operands[0], result.type.shape
+    if x.producer not in chain or any(r.type.shape != space for o in chain for r in o.results):
+        return False
+    params = [args.get(v) for v in last.operands[1:]]
+    if any(p is None or ctx.scalar(p) is not None for p in params):
+        return False  # affine parameters computed in the group, or folded to literals
+    refs = [ctx.ref(p) for p in params if p is not None]
+    y = ctx.ref(ctx.results[0])
+    call = _kernel_call(last, y, y, refs)
+    if call is None:
+        return False
+    env: dict[Value, Source] = {a: leaf_of(ctx, o) for a, o in args.items()}
+    build_nodes(chain, env, space)
+    source = env[x]
+    node = (Read(source.buffer, contiguous_strides(space), source.offset)
+            if isinstance(source, Leaf) else source)
+    write_pass(ctx, space, [(y, node)], ctx.parallel_for())
+    ctx.w.line(call)
+    ctx.set_inplace(0, inplace_operands(ctx, [node], space, ctx.op.operands))
+    ctx.note("+".join(o.name.removeprefix("kiln.") for o in chain) + ", then "
+             + last.name.removeprefix("kiln.") + " rows (vectorized)")
+    return True
+
+
 def emit_row_op(ctx: KernelContext) -> None:
     """A lone reduction / softmax / log-softmax / layer norm."""
     op = ctx.op
-    x = op.operands[0]
-    shape = x.type.shape
-    if isinstance(op.kind, (Softmax, LogSoftmax)) and op.kind.axis % len(shape) == len(shape) - 1:
-        rows = x.type.numel // max(shape[-1], 1)
-        log = int(op.isa(LogSoftmax))
-        ctx.w.line(f"kiln_softmax_rows({ctx.ref(x)}, {ctx.ref(op.results[0])}, {rows}, "
-                   f"{shape[-1]}, {log});")
+    params = [ctx.ref(v) for v in op.operands[1:]]  # first: they lead the kernel's parameters
+    call = _kernel_call(op, ctx.ref(op.operands[0]), ctx.ref(op.results[0]), params)
+    if call is not None:
+        ctx.w.line(call)
         ctx.set_inplace(0, (0,))
-        ctx.note("softmax rows (vectorized)")
-        return
-    if isinstance(op.kind, LayerNorm):
-        length = math.prod(shape[len(shape) - op.kind.normalized_ndim:])
-        params = [ctx.ref(v) for v in op.operands[1:]] + ["NULL"] * (3 - len(op.operands))
-        ctx.w.line(f"kiln_layer_norm_rows({ctx.ref(x)}, {params[0]}, {params[1]}, "
-                   f"{ctx.ref(op.results[0])}, {x.type.numel // max(length, 1)}, {length}, "
-                   f"{float_literal(op.kind.eps)});")
-        ctx.set_inplace(0, (0,))
-        ctx.note("layer norm rows (vectorized)")
+        what = "layer norm" if op.isa(LayerNorm) else "softmax"
+        ctx.note(f"{what} rows (vectorized)")
         return
     args = {v: v for v in op.operands}
     if not emit_row_group(ctx, [op], args, [op.results[0]]):
