@@ -53,13 +53,22 @@ KILN_INLINE void kiln_copy_run(float* d, const float* src, int n) {
 }
 
 /* d[0:n] = src[0:2n:2]: 8 outputs from two 8-float loads and one shuffle, while the second
- * load stays inside the run (it reads one float past the last output it keeps). */
+ * load stays inside the run (it reads one float past the last output it keeps). The last
+ * 1-8 outputs of a run of more than 8 are one more vector, overlapping the one before: its
+ * loads start a float early (at an odd offset, which is inside the run) and keep the odd
+ * lanes, so they end on the run's last float (a 16-pixel output row was 8 scalar copies). */
 KILN_INLINE void kiln_copy_run2(float* d, const float* src, int n) {
     typedef int32_t kiln_i8 __attribute__((vector_size(32)));
     int i = 0;
     for (; i + 9 <= n; i += 8) {
         kiln_v8 a = *(const kiln_v8*)(src + 2 * i), b = *(const kiln_v8*)(src + 2 * i + 8);
         *(kiln_v8*)(d + i) = __builtin_shuffle(a, b, (kiln_i8){0, 2, 4, 6, 8, 10, 12, 14});
+    }
+    if (i < n && n > 8) {
+        const float* p = src + 2 * (n - 8) - 1;
+        kiln_v8 a = *(const kiln_v8*)p, b = *(const kiln_v8*)(p + 8);
+        *(kiln_v8*)(d + n - 8) = __builtin_shuffle(a, b, (kiln_i8){1, 3, 5, 7, 9, 11, 13, 15});
+        return;
     }
     for (; i < n; ++i) d[i] = src[2 * i];
 }
@@ -122,11 +131,74 @@ void kiln_conv_gemm(const float* xp, const kiln_conv_shape* s, const float* A, i
     }
 }
 
+/* Stride 2: the image row src (w floats) split by column parity, column x to stream x % 2
+ * at x / 2; only stream 0 when `both` is 0 (a 1x1 kernel reads one column phase). */
+KILN_INLINE void kiln_split_row2(const float* src, int w, int both, float* even, float* odd) {
+    typedef int32_t kiln_i8 __attribute__((vector_size(32)));
+    const kiln_i8 lanes_even = {0, 2, 4, 6, 8, 10, 12, 14}, lanes_odd = lanes_even + 1;
+    int x = 0;
+    for (; x + 16 <= w; x += 16) {
+        kiln_v8 a = *(const kiln_v8*)(src + x), b = *(const kiln_v8*)(src + x + 8);
+        *(kiln_v8*)(even + x / 2) = __builtin_shuffle(a, b, lanes_even);
+        if (both) *(kiln_v8*)(odd + x / 2) = __builtin_shuffle(a, b, lanes_odd);
+    }
+    for (; x < w; ++x) {
+        if (x % 2 == 0) even[x / 2] = src[x];
+        else if (both) odd[x / 2] = src[x];
+    }
+}
+
+/* The grid of the wide scheme (kiln_conv_gemm.h): for stride 1 the padded image, else its
+ * phases, each image row split by column phase straight into them (no padded copy in
+ * between), only the padding around the image zeroed. */
+static void kiln_wide_pad(const float* x, const kiln_conv_shape* s, int channels, float* xp) {
+    if (s->sh == 1 && s->sw == 1) {
+        kiln_conv_gemm_pad(x, s, channels, xp);
+        return;
+    }
+    const int gh = KILN_CG_GH(s), gw = KILN_CG_GW(s), npy = KILN_CG_PY(s), npx = KILN_CG_PX(s);
+    const size_t plane = (size_t)gh * gw;
+    /* grid columns [q0[px], q1[px]) of phase px come from the image (column q*sw + px - pl) */
+    int q0[KILN_CG_WIDE_MAX_STRIDE], q1[KILN_CG_WIDE_MAX_STRIDE];
+    for (int px = 0; px < npx; ++px) {
+        q0[px] = kiln_imax(0, (s->pl - px + s->sw - 1) / s->sw);
+        q1[px] = kiln_imax(q0[px], kiln_imin(gw, (s->W + s->pl - px + s->sw - 1) / s->sw));
+    }
+    /* stride 2: image column x lands in phase (x + pl) % 2 at (x + pl) / 2 */
+    const int pe = s->pl % 2, po = (1 + s->pl) % 2;
+    const size_t to_even = pe * plane + s->pl / 2,
+                 to_odd = (po < npx ? po : 0) * plane + (1 + s->pl) / 2;
+    for (int c = 0; c < channels; ++c) {
+        /* the channel's phases zeroed (a few KiB, then in L1), then the image rows in order
+         * (a sequential read), each to row r of phase py: counted, not divided (a division
+         * per row cost as much as splitting a 16-float row) */
+        float* chan = xp + (size_t)c * npy * npx * plane;
+        memset(chan, 0, sizeof(float) * npy * npx * plane);
+        for (int iy = 0, py = s->pt % s->sh, r = s->pt / s->sh; iy < s->H;
+             ++iy, py = py + 1 == s->sh ? 0 : py + 1, r += py == 0) {
+            if (py >= npy) continue;
+            const float* src = x + ((size_t)c * s->H + iy) * s->W;
+            float* row = chan + (size_t)py * npx * plane + (size_t)r * gw;
+            if (s->sw == 2) {
+                if (npx == 2) kiln_split_row2(src, s->W, 1, row + to_even, row + to_odd);
+                else if (pe == 0) kiln_split_row2(src, s->W, 0, row + to_even, row);
+                else kiln_split_row2(src + 1, s->W - 1, 0, row + to_odd, row);
+                continue;
+            }
+            for (int px = 0; px < npx; ++px) {
+                float* dst = row + px * plane;
+                const float* from = src + (ptrdiff_t)q0[px] * s->sw + px - s->pl;
+                for (int q = q0[px]; q < q1[px]; ++q)
+                    dst[q] = from[(ptrdiff_t)(q - q0[px]) * s->sw];
+            }
+        }
+    }
+}
+
 void kiln_conv_gemm_pad_wide(const float* x, const kiln_conv_shape* s, int channels,
                              float* xp) {
-    kiln_conv_gemm_pad(x, s, channels, xp);
-    memset(xp + (size_t)channels * KILN_CG_HP(s) * KILN_CG_WP(s), 0,
-           sizeof(float) * KILN_CG_WIDE_SLACK);
+    kiln_wide_pad(x, s, channels, xp);
+    memset(xp + (size_t)channels * KILN_CG_GRID(s), 0, sizeof(float) * KILN_CG_WIDE_SLACK);
 }
 
 #define KILN_WL (KILN_NR / 2) /* lanes of one vector of the tile: a tile row is two */
@@ -219,7 +291,7 @@ typedef struct {
 static int kiln_wide_next(kiln_wcursor* c, const kiln_conv_shape* s, int n1, const float* xp,
                           ptrdiff_t xstride, float* y, ptrdiff_t ystride, int n0,
                           kiln_wvec* v) {
-    const int wp = KILN_CG_WP(s), ow = s->OW;
+    const int wp = KILN_CG_GW(s), ow = s->OW;
     const int q0 = c->oy * wp + c->ox;
     int32_t idx[KILN_WL];
     int len = 0, oy = c->oy, ox = c->ox;
@@ -237,14 +309,18 @@ static int kiln_wide_next(kiln_wcursor* c, const kiln_conv_shape* s, int n1, con
     return idx[len - 1] == len - 1;
 }
 
-/* The tap offsets of the K rows on the padded grid (see kiln_conv_gemm.h). */
+/* The tap offsets of the K rows on the grid (see kiln_conv_gemm.h): tap (ky, kx) at padded
+ * (ty, tx) = (ky*dh, kx*dw) from the pixel is phase (ty%sh, tx%sw), (ty/sh, tx/sw) on. */
 static void kiln_wide_offsets(const kiln_conv_shape* s, int32_t* offs) {
-    const int wp = KILN_CG_WP(s);
-    const int32_t plane = KILN_CG_HP(s) * wp;
+    const int gw = KILN_CG_GW(s), npx = KILN_CG_PX(s);
+    const int32_t plane = KILN_CG_GH(s) * gw, chan = (int32_t)KILN_CG_GRID(s);
     for (int c = 0, k = 0; c < s->C; ++c)
         for (int ky = 0; ky < s->KH; ++ky)
-            for (int kx = 0; kx < s->KW; ++kx)
-                offs[k++] = c * plane + ky * s->dh * wp + kx * s->dw;
+            for (int kx = 0; kx < s->KW; ++kx) {
+                const int ty = ky * s->dh, tx = kx * s->dw;
+                const int phase = ty % s->sh * npx + tx % s->sw;
+                offs[k++] = c * chan + phase * plane + ty / s->sh * gw + tx / s->sw;
+            }
 }
 
 /* Pixels [n0, n1) of `images` padded images (xstride floats apart; their outputs ystride
@@ -279,7 +355,9 @@ static void kiln_wide_images(const float* xp, ptrdiff_t xstride, const kiln_conv
 /* K past the offset table is a caller's bug (kiln's code generator routes such convs to the
  * gather): stop here rather than return with y unwritten. */
 #define KILN_CG_WIDE_CHECK(s)                                                                \
-    if ((s)->C * (s)->KH * (s)->KW > KILN_CG_WIDE_MAXK || (s)->sh != 1 || (s)->sw != 1)      \
+    if ((s)->C * (s)->KH * (s)->KW > KILN_CG_WIDE_MAXK || (s)->sh < 1 || (s)->sw < 1 ||      \
+        (s)->sh > KILN_CG_WIDE_MAX_STRIDE || (s)->sw > KILN_CG_WIDE_MAX_STRIDE ||              \
+        ((s)->sh * (s)->sw > 1 && (s)->dh * (s)->dw != 1))                                   \
         __builtin_trap();
 
 void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float* A, int M,
@@ -299,13 +377,13 @@ void kiln_conv_gemm_wide_batch(const float* x, const kiln_conv_shape* s, const f
     int32_t offs[KILN_CG_WIDE_MAXK];
     const int P = s->OH * s->OW;
     const size_t image = (size_t)s->C * s->H * s->W;
-    const ptrdiff_t padded = (ptrdiff_t)s->C * KILN_CG_HP(s) * KILN_CG_WP(s);
+    const ptrdiff_t padded = (ptrdiff_t)s->C * KILN_CG_GRID(s);
     if (P == 0) return;
     kiln_wide_offsets(s, offs);
     for (int i = 0; i < images; i += KILN_CG_WIDE_GROUP) {
         const int g = kiln_imin(KILN_CG_WIDE_GROUP, images - i);
         for (int j = 0; j < g; ++j)
-            kiln_conv_gemm_pad(x + (i + j) * image, s, s->C, xp + j * padded);
+            kiln_wide_pad(x + (i + j) * image, s, s->C, xp + j * padded);
         memset(xp + g * padded, 0, sizeof(float) * KILN_CG_WIDE_SLACK);
         kiln_wide_images(xp, padded, s, offs, A, M, bias, y + (ptrdiff_t)i * M * P, P,
                          (ptrdiff_t)M * P, g, 0, P, lo, hi);

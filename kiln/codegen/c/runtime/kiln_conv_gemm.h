@@ -43,22 +43,39 @@ void kiln_conv_gemm(const float* xp, const kiln_conv_shape* s, const float* A, i
                     const float* bias, float* y, ptrdiff_t ldy, int n0, int n1, float lo,
                     float hi, int kc, float* panel);
 
-/* The "wide grid" scheme for stride 1 (any dilation), with no gather at all: pixels are
- * located on the padded grid, q = oy*WP + ox, where row k = (c, ky, kx) of the implicit im2col
- * matrix is contiguous in xp, at offset c*HP*WP + ky*dh*WP + kx*dw. A tile is MR output
- * channels x two vectors of up to NR/2 consecutive output pixels each; the micro-kernel keeps
- * it in registers over all of K and loads each B row vector straight from xp through that
- * per-k offset table: one load when the vector's pixels are one run of the grid (a wide
- * plane), else two loads and one two-source shuffle that drops the WP - OW padding columns
- * between output rows (small planes: an 8x8 output on a 10-wide grid), so no lane computes
- * a junk column. A vector holds at most as many pixels as span 2 * NR/2 grid columns. Bias and
- * clamp on store, straight to y. Loads run up to NR floats past the last padded image: xp
- * comes from `kiln_conv_gemm_pad_wide`, which pads as `kiln_conv_gemm_pad` and zeroes
- * KILN_CG_WIDE_SLACK floats after it. K is at most KILN_CG_WIDE_MAXK (the offset table lives
- * on the stack) and sh = sw = 1: anything else traps (a code generator bug, never a silent
- * no-op). `kiln_conv_gemm_wide` takes the arguments of kiln_conv_gemm, less the panel. */
+/* The "wide grid" scheme, with no gather at all: pixels are located on a grid,
+ * q = oy*GW + ox, where row k = (c, ky, kx) of the implicit im2col matrix is contiguous in xp,
+ * at a per-k offset. With stride 1 the grid is the padded image itself (GW = WP, offset
+ * c*HP*WP + ky*dh*WP + kx*dw). With stride > 1 (dilation 1) the padded image is split into
+ * phases: phase (py, px) holds padded rows py, py+sh, ... and columns px, px+sw, ..., so tap
+ * (ky, kx) of output (oy, ox), padded (oy*sh + ky, ox*sw + kx), is phase (ky%sh, kx%sw) at
+ * (oy + ky/sh, ox + kx/sw): again one grid position plus a per-k offset (a stride-2 3x3 conv
+ * reads 4 phase planes of a quarter of the image each). The phase split is one pass over the
+ * image, where the gather copied it KH*KW times. A tile is MR output channels x two vectors
+ * of up to NR/2 consecutive output pixels each; the micro-kernel keeps it in registers over
+ * all of K and loads each B row vector straight from xp through that per-k offset table: one
+ * load when the vector's pixels are one run of the grid (a wide plane), else two loads and
+ * one two-source shuffle that drops the GW - OW padding columns between output rows (small
+ * planes: an 8x8 output on a 10-wide grid), so no lane computes a junk column. A vector holds
+ * at most as many pixels as span 2 * NR/2 grid columns. Bias and clamp on store, straight to
+ * y. Loads run up to NR floats past the last padded image: xp comes from
+ * `kiln_conv_gemm_pad_wide`, which pads (and phase-splits) and zeroes KILN_CG_WIDE_SLACK
+ * floats after it. K is at most KILN_CG_WIDE_MAXK (the offset table lives on the stack),
+ * strides at most KILN_CG_WIDE_MAX_STRIDE, and a strided conv has dilation 1: anything else
+ * traps (a code generator bug, never a silent no-op). `kiln_conv_gemm_wide` takes the
+ * arguments of kiln_conv_gemm, less the panel. */
+/* The grid: KILN_CG_PY x KILN_CG_PX phases (the tap rows and columns that occur modulo the
+ * stride) of KILN_CG_GH rows of KILN_CG_GW floats per channel (1 x 1 phase of HP x WP for
+ * stride 1). */
+#define KILN_CG_PY(s) kiln_imin((s)->sh, (s)->KH)
+#define KILN_CG_PX(s) kiln_imin((s)->sw, (s)->KW)
+#define KILN_CG_GH(s) ((KILN_CG_HP(s) + (s)->sh - 1) / (s)->sh)
+#define KILN_CG_GW(s) ((KILN_CG_WP(s) + (s)->sw - 1) / (s)->sw)
+#define KILN_CG_GRID(s) \
+    ((size_t)KILN_CG_PY(s) * KILN_CG_PX(s) * KILN_CG_GH(s) * KILN_CG_GW(s))
 #define KILN_CG_WIDE_SLACK KILN_NR
 #define KILN_CG_WIDE_MAXK 4096
+#define KILN_CG_WIDE_MAX_STRIDE 4
 void kiln_conv_gemm_pad_wide(const float* x, const kiln_conv_shape* s, int channels,
                              float* xp);
 void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float* A, int M,
@@ -74,7 +91,7 @@ void kiln_conv_gemm_wide(const float* xp, const kiln_conv_shape* s, const float*
  * set-up are paid once per batch, not per image. */
 #define KILN_CG_WIDE_GROUP 2
 #define KILN_CG_WIDE_BATCH_FLOATS(s) \
-    ((size_t)KILN_CG_WIDE_GROUP * (s)->C * KILN_CG_HP(s) * KILN_CG_WP(s) + KILN_CG_WIDE_SLACK)
+    ((size_t)KILN_CG_WIDE_GROUP * (s)->C * KILN_CG_GRID(s) + KILN_CG_WIDE_SLACK)
 void kiln_conv_gemm_wide_batch(const float* x, const kiln_conv_shape* s, const float* A,
                                int M, const float* bias, float* y, int images, float lo,
                                float hi, float* xp);
