@@ -83,7 +83,7 @@ def conv_branch(n: OpNet, x: Value) -> None:
     grouped = n.add(Conv2d(padding=(2, 2, 2, 2), groups=2), c1, n.w(4, 3, 5, 5), n.w(4))
     strided_dw = n.add(Conv2d(stride=(2, 2), padding=(1, 1, 1, 1), groups=6), r1,
                        n.w(6, 1, 3, 3))
-    wide = n.add(Conv2d(), x, n.w(40, 3, 1, 1), n.w(40))  # 1x1, > POINTWISE_MAX_COUT outputs
+    wide = n.add(Conv2d(), x, n.w(40, 3, 1, 1), n.w(40))  # 1x1, 40 outputs: kiln_pwconv
     n.out(c1, r1, dw, gr, ct, n.add(ew.Hardswish(), res), scaled, clamped, grouped, strided_dw,
           wide)
 
@@ -222,7 +222,7 @@ def test_the_module_uses_every_kernel() -> None:
 def test_every_op_matches_the_interpreter(plain: tuple[kiln.CompiledModel, Module]) -> None:
     art, module = plain
     kernels = " ".join(k["kernel"] for k in art.report()["kernels"])
-    for scheme in ("conv implicit gemm", "conv 1x1 gemm", "conv 1x1 as gemm on the image",
+    for scheme in ("conv implicit gemm", "conv 1x1 pointwise",
                    "grouped conv implicit gemm",
                    "depthwise conv direct", "conv direct", "conv_transpose2d",
                    "softmax rows (vectorized)", "rows softmax", "linear gemm", "matmul gemm"):

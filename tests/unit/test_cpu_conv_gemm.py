@@ -42,7 +42,7 @@ def ptr(a: np.ndarray | None) -> ctypes.c_void_p | None:
     return None if a is None else ctypes.c_void_p(a.ctypes.data)
 
 
-SOURCES = ("kiln_gemm.c", "kiln_conv_gemm.c")
+SOURCES = ("kiln_gemm.c", "kiln_gemm_bpanel.c", "kiln_conv_gemm.c")
 
 
 class Lib:
@@ -170,7 +170,7 @@ class Net(torch.nn.Module):
         self.c1 = torch.nn.Conv2d(3, 12, 3, stride=1, padding=1)
         self.c2 = torch.nn.Conv2d(12, 12, 3, stride=1, padding=2, dilation=2)
         self.c3 = torch.nn.Conv2d(12, 40, (5, 3), stride=(2, 1), padding=(2, 0))
-        self.c4 = torch.nn.Conv2d(40, 40, 1)  # > POINTWISE_MAX_COUT: kiln_conv_gemm's 1x1
+        self.c4 = torch.nn.Conv2d(40, 40, 1)  # 1x1: kiln_pwconv into the tile (relu6, + y)
         self.g = torch.nn.Conv2d(40, 40, 3, padding=1, groups=4, bias=False)
         self.d = torch.nn.Conv1d(40, 9, 4, stride=3, padding=1)
 
@@ -191,7 +191,7 @@ def test_end_to_end_matches_torch_sanitized_with_threads(tmp_path: Path) -> None
     art = kiln.compile(net, x, target="cpu", threads=2, sanitize=True, cache_dir=tmp_path,
                        parallel_min_flops=0)
     kernels = " ".join(k["kernel"] for k in art.report()["kernels"])
-    for scheme in ("conv implicit gemm", "conv 1x1 gemm", "grouped conv implicit gemm",
+    for scheme in ("conv implicit gemm", "conv 1x1 pointwise", "grouped conv implicit gemm",
                    "conv wide implicit gemm"):
         assert scheme in kernels, scheme
     for seed in (1, 2):
@@ -313,12 +313,15 @@ def test_conv_gemm_wide_stays_in_bounds_under_asan(tmp_path: Path) -> None:
 
 
 def test_wide_routing_rule() -> None:
-    """Stride 1 with K up to WIDE_MAXK (measured faster) goes wide; stride 2 and larger K
-    keep the gather."""
+    """Stride 1 with K up to WIDE_MAXK (measured faster) goes wide, and so do strided convs
+    (on the image's phases, test_cpu_conv_strided.py) but for strided 1x1 and strided dilated
+    ones; larger K keeps the gather."""
     from kiln.codegen.c.gemm_anchors import WIDE_MAXK, ConvAnchor
     fits = ConvAnchor.wide_fits
     assert fits(geometry(64, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), 576)
     assert fits(geometry(2, 12, 14, (3, 3), (1, 1), (3, 2, 0, 0), (3, 2)), 18)
-    assert not fits(geometry(16, 8, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)), 144)
-    assert not fits(geometry(16, 8, 8, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1)), 144)
+    assert fits(geometry(16, 8, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)), 144)
+    assert fits(geometry(16, 8, 8, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1)), 144)
+    assert not fits(geometry(16, 8, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)), 16)
+    assert not fits(geometry(16, 9, 9, (3, 3), (2, 2), (1, 1, 1, 1), (2, 2)), 144)
     assert not fits(geometry(96, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), WIDE_MAXK + 1)

@@ -171,3 +171,21 @@ def test_model_pools_match_torch(hw: tuple[int, int]) -> None:
 def test_model_pools_under_sanitizers() -> None:
     """ASan/UBSan over every pool path: no read or write outside the input and output."""
     check_pools(torch.randn(1, 2, 9, 13), sanitize=True)
+
+
+@pytest.mark.parametrize("planes,h,w", [
+    (48, 4, 4), (32, 8, 8), (16, 16, 16),  # mobilenet's SE and head pools: 16 at a time
+    (37, 3, 5), (19, 7, 9), (21, 1, 33),   # odd planes (a scalar tail), partial vectors
+    (5, 2, 2), (17, 1, 1),                 # fewer than 16 planes; planes too short for it
+])
+def test_global_average_matches_torch(pool: Any, rng: np.random.Generator, planes: int,
+                                      h: int, w: int) -> None:
+    """kiln_adaptive_avgpool2d to 1x1: 16 planes at a time (AVX-512), the rest one by one;
+    NaN guards after the output."""
+    x = rng.standard_normal((1, planes, h, w)).astype(np.float32)
+    y = np.full(planes + GUARD, np.nan, np.float32)
+    p = ctypes.c_void_p
+    pool.kiln_adaptive_avgpool2d(p(x.ctypes.data), p(y.ctypes.data), planes, h, w, 1, 1)
+    assert np.isnan(y[-GUARD:]).all(), "the kernel wrote past its output"
+    want = F.adaptive_avg_pool2d(torch.from_numpy(x), 1).numpy().reshape(-1)
+    np.testing.assert_allclose(y[:planes], want, rtol=1e-5, atol=1e-6)

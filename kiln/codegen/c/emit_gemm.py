@@ -112,6 +112,10 @@ class _Driver:
         self.bounds = clamp_bounds(group) if self.anchor.clamp_ok else None
         if not group.epilogue and tuple(group.yields) == (group.anchor.results[0],):
             self.bounds = (-math.inf, math.inf)
+        self.fused = self.bounds is None and self.anchor.take_epilogue(group.epilogue,
+                                                                       group.yields)
+        if self.fused:  # the anchor applies the epilogue as it stores: no tile
+            self.bounds = (-math.inf, math.inf)
         self.tiled = self.bounds is None
         used = {v for op in group.epilogue for v in op.operands} | set(group.yields)
         self.env: dict[Value, Source] = {a: leaf_of(ctx, o) for a, o in group.args.items()
@@ -166,12 +170,14 @@ class _Driver:
             self.images()
         else:
             self.per_index()
+        if self.fused:
+            self.mark_inplace_fused()
         if self.tiled:
             ctx.note("epilogue " + "+".join(op.name.removeprefix("kiln.")
                                             for op in self.group.epilogue))
         elif self.group.epilogue:
-            ctx.note("clamp " + "+".join(op.name.removeprefix("kiln.")
-                                         for op in self.group.epilogue))
+            ctx.note(("fused " if self.fused else "clamp ") + "+".join(
+                op.name.removeprefix("kiln.") for op in self.group.epilogue))
 
     def share_scratch(self, threads: int) -> None:
         """The anchor's per-thread scratch: one slice per thread of one arena block."""
@@ -322,6 +328,16 @@ class _Driver:
             and outer not in anchor_inputs and ctx.ref(outer) in safe)
         for i in range(len(ctx.results)):
             ctx.set_inplace(i, candidates)
+
+    def mark_inplace_fused(self) -> None:
+        """Operands the anchor's own epilogue reads only in place, and its GEMM not at all."""
+        reads = set(self.anchor.inplace_reads())
+        anchor_inputs = {self.group.args.get(v, v) for v in self.group.anchor.operands}
+        candidates = tuple(
+            k for k, (arg, outer) in enumerate(self.group.args.items())
+            if arg in reads and outer.type.shape == self.space and outer not in anchor_inputs)
+        for i in range(len(self.ctx.results)):
+            self.ctx.set_inplace(i, candidates)
 
 
 def emit_anchored(ctx: KernelContext, group: Group) -> None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from kiln.codegen.c.context import KernelContext
 from kiln.codegen.c.expr import c_diff, c_product, c_ptr, c_sum, contiguous_strides
 from kiln.codegen.c.packing import CONV_PANEL_FLOATS, pack_groups, pack_panels, panels
+from kiln.codegen.c.params import float_literal
+from kiln.codegen.c.store_epilogue import FusedEpilogue, fused_epilogue
 from kiln.ir.graph import Op, Value
 from kiln.ir.ops.nn_conv import Conv1d, Conv2d, ConvTranspose2d, Linear, MatMul
 
@@ -37,10 +39,12 @@ Shape = tuple[int, ...]
 DIRECT_MAX_TAPS = 32
 """A convolution with at most this many taps per output (Cin/groups × KH × KW) runs directly
 (`kiln_dwconv`), like a depthwise one: its GEMMs would be slivers. With groups = 1 only when
-the kernel is wider than 1×1 and the wide-grid GEMM cannot take it (stride > 1: MobileNet's
-stem): the wide grid reads B straight from the image with no gather and batches small planes,
+the kernel is wider than 1×1 and the wide-grid GEMM cannot take it (dilated and strided):
+the wide grid reads B straight from the image with no gather and batches small planes,
 and measured 0.67× the direct kernel's time on LeNet-5's conv1 layer at batch 64 (whole model;
-0.73× at batch 1) and 0.65× on conv1d_net; a 1×1 conv with few input channels stays a GEMM."""
+0.73× at batch 1) and 0.65× on conv1d_net; MobileNet's stride-2 stem (3 -> 16, hardswish)
+0.82× on its phase grid (batch 64, the layer alone); a 1×1 conv with few input channels stays
+a GEMM."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,16 @@ class Anchor:
 
     def make_view(self) -> GemmView:
         raise NotImplementedError
+
+    def take_epilogue(self, epilogue: tuple[Op, ...], yields: tuple[Value, ...]) -> bool:
+        """Whether the anchor applies this (non-clamp) epilogue itself as it stores, so the
+        driver needs no tile (asked before `setup`; the anchor keeps what it needs)."""
+        return False
+
+    def inplace_reads(self) -> tuple[Value, ...]:
+        """With a taken epilogue: the epilogue operands read only at each result element's own
+        position, before it is stored (the result may overwrite them)."""
+        return ()
 
     def setup(self) -> None:
         """Declarations before the batch loop."""
@@ -172,12 +186,17 @@ WIDE_GROUP = 2  # KILN_CG_WIDE_GROUP (kiln_conv_gemm.h): images padded at a time
 batch 64, 1 thread: ResNet-8 0.81x, digits CNN 0.83x the time of `kiln_conv_gemm`; 3x3 layers
 0.67x (16 ch, 32x32) to 0.91x (64 ch, 8x8), but 1.03-1.10x from K = 864 up (96-256 ch):
 with no blocking of K, a tile's rows of the image no longer stay in L1."""
+WIDE_MAX_STRIDE = 4  # KILN_CG_WIDE_MAX_STRIDE (kiln_conv_gemm.h)
+"""Strided convs (dilation 1, not 1x1) run wide on the image's phases. Measured at batch 64,
+1 thread (CPU time, interleaved): ResNet-8's stride-2 3x3 layers 0.74x (16 -> 32, 32x32) and
+0.90x (32 -> 64, 16x16) the time of the gather; the whole model 0.91x."""
 
 
 class ConvAnchor(_ConvBase):
     """groups = 1: implicit GEMM, `kiln_conv_gemm` (B packed on the fly, panel by panel), or
-    for stride 1 `kiln_conv_gemm_wide` (B rows read straight from the padded image). A wide
-    conv with no epilogue tile takes whole images (`kiln_conv_gemm_wide_batch`): one call per
+    `kiln_conv_gemm_wide` (B rows read straight from the padded image, for stride > 1 its
+    phases; `wide_fits`). A wide conv with no epilogue tile takes whole images
+    (`kiln_conv_gemm_wide_batch`): one call per
     block of images, tiles running on from one image into the next, so small planes (the
     digits CNN's 4x4, LeNet's 10x10) waste no half tiles and pay no per-image call."""
 
@@ -194,8 +213,7 @@ class ConvAnchor(_ConvBase):
         self.whole_images = self.wide and self.images_ok
         self.padded: str | None = None  # whole images: per thread (scratch_per_thread)
         if self.wide and not self.whole_images:
-            hp, wp = padded_dims(geo)
-            self.padded = ctx.scratch(geo["C"] * hp * wp + ctx.options.nr)
+            self.padded = ctx.scratch(geo["C"] * grid_floats(geo) + ctx.options.nr)
         elif not self.wide:
             self.padded = padded_scratch(ctx, geo, geo["C"])
         ctx.note("conv 1x1 gemm" if pointwise else
@@ -204,16 +222,21 @@ class ConvAnchor(_ConvBase):
 
     @staticmethod
     def wide_fits(geo: dict[str, int], k: int) -> bool:
-        """`kiln_conv_gemm_wide` serves stride 1 with int32 offsets on the padded grid; it is
-        faster than the gather while K <= WIDE_MAXK (see there)."""
-        hp, wp = padded_dims(geo)
-        return (geo["sh"], geo["sw"]) == (1, 1) and k <= WIDE_MAXK and \
-            geo["C"] * hp * wp < 2**31 - 4096
+        """`kiln_conv_gemm_wide` serves stride 1, and larger strides with dilation 1 (on the
+        image's phases), with int32 offsets on its grid; it is faster than the gather while
+        K <= WIDE_MAXK (see there). A strided 1x1 conv stays on the gather, which reads its
+        one tap straight from the image (measured at batch 64: ResNet-8's 1x1 stride-2
+        shortcuts took 1.2-1.3x the time with the phase copy)."""
+        strided = (geo["sh"], geo["sw"]) != (1, 1)
+        if strided and ((geo["dh"], geo["dw"]) != (1, 1) or geo["KH"] * geo["KW"] == 1 or
+                        max(geo["sh"], geo["sw"]) > WIDE_MAX_STRIDE):
+            return False
+        return k <= WIDE_MAXK and geo["C"] * grid_floats(geo) < 2**31 - 4096
 
     def scratch_per_thread(self) -> int:
         if self.whole_images:  # KILN_CG_WIDE_BATCH_FLOATS (kiln_conv_gemm.h)
-            hp, wp = padded_dims(self.geometry())
-            return WIDE_GROUP * self.geometry()["C"] * hp * wp + self.ctx.options.nr
+            geo = self.geometry()
+            return WIDE_GROUP * geo["C"] * grid_floats(geo) + self.ctx.options.nr
         return 0 if self.wide else self.kc * self.ctx.options.nr
 
     def images(self, i0: str, i1: str, dst: str, lo: str, hi: str) -> None:
@@ -273,6 +296,15 @@ def padded_dims(geo: dict[str, int]) -> tuple[int, int]:
             max(geo["W"] + geo["pl"], span("OW", "sw", "KW", "dw")))
 
 
+def grid_floats(geo: dict[str, int]) -> int:
+    """Floats per channel of the wide scheme's grid, `KILN_CG_GRID` of kiln_conv_gemm.h: the
+    padded image, for stride > 1 split into the phases the taps read (one pass over the
+    image instead of the gather's KH x KW)."""
+    hp, wp = padded_dims(geo)
+    py, px = min(geo["sh"], geo["KH"]), min(geo["sw"], geo["KW"])
+    return py * px * -(-hp // geo["sh"]) * -(-wp // geo["sw"])
+
+
 def padded_scratch(ctx: KernelContext, geo: dict[str, int], channels: int) -> str | None:
     """Scratch for the padded image (`padded_dims`), or None when the image needs none."""
     hp, wp = padded_dims(geo)
@@ -302,6 +334,9 @@ class DirectConvAnchor(_ConvBase):
     output channels, each group's input channels copied once into zero-padded lines (per
     thread, in L1) so every tap is one vector load; bias and clamp on store."""
 
+    fused: FusedEpilogue | None = None
+    """The epilogue `kiln_dwconv_act` applies (`take_epilogue`), None for the plain clamp."""
+
     def make_view(self) -> GemmView:
         shape = self.op.results[0].type.shape
         return GemmView(shape, (0,), (1,), tuple(range(2, len(shape))), by_rows=True)
@@ -325,6 +360,13 @@ class DirectConvAnchor(_ConvBase):
         depthwise = self.groups == self.view.shape[1] == geo["C"]
         self.ctx.note("depthwise conv direct" if depthwise else "conv direct")
 
+    def take_epilogue(self, epilogue: tuple[Op, ...], yields: tuple[Value, ...]) -> bool:
+        """Clamp then hardswish, as `kiln_dwconv_act` stores (not past KILN_DW_MAX_STRIDE)."""
+        fused = fused_epilogue(self.op.results[0], epilogue, yields)
+        ok = fused is not None and fused.residual is None and self.geometry()["sw"] <= 4
+        self.fused = fused if ok else None
+        return ok
+
     def scratch_per_thread(self) -> int:
         return 0 if self.wide else self.lines
 
@@ -338,6 +380,15 @@ class DirectConvAnchor(_ConvBase):
                   f"{self.groups}, &shape, {lo}, {hi}")
         if self.wide:
             self.ctx.w.line(f"kiln_conv2d_direct({self.x}, NULL, {weight}, {common}, NULL);")
+            return
+        fused = self.fused
+        if fused is not None:  # take_epilogue: its clamp, and hardswish on store
+            lo, hi = float_literal(fused.lo), float_literal(fused.hi)
+            common = (f"{self.bias()}, {dst}, {blk.r0}, {blk.r1}, {self.view.shape[1]}, "
+                      f"{self.groups}, &shape, {lo}, {hi}")
+            act = "KILN_DW_HARDSWISH" if fused.hardswish else "KILN_DW_NONE"
+            self.ctx.w.line(f"kiln_dwconv_act({self.x}, {weight}, {common}, {act}, "
+                            f"{self.thread_scratch});")
             return
         self.ctx.w.line(f"kiln_dwconv({self.x}, {weight}, {common}, {self.thread_scratch});")
 

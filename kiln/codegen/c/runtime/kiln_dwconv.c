@@ -110,10 +110,17 @@ static void kiln_dw_lines(const float* xc, const kiln_conv_shape* s, const kiln_
     }
 }
 
-/* Store one clamped vector of output row `yr` (the last one of a row may be partial). NaN
- * passes through, as in the reference ops. */
-KILN_INLINE void kiln_dw_store(float* yr, int n, kiln_vf acc, kiln_vf lo, kiln_vf hi) {
+/* Store one clamped vector of output row `yr` (the last one of a row may be partial), with
+ * hardswish x * clamp(x + 3, 0, 6) / 6 after the clamp when `act` says so (the division as a
+ * multiply by 1/6: within an ulp). NaN passes through, as in the reference ops. */
+KILN_INLINE void kiln_dw_store(float* yr, int n, kiln_vf acc, kiln_vf lo, kiln_vf hi, int act) {
     kiln_vf r = kiln_select(acc < lo, lo, kiln_select(acc > hi, hi, acc));
+    if (act == KILN_DW_HARDSWISH) {
+        const kiln_vf zero = kiln_splat(0.0f), six = kiln_splat(6.0f);
+        kiln_vf t = r + kiln_splat(3.0f);
+        t = kiln_select(t < zero, zero, kiln_select(t > six, six, t));
+        r = r * t * kiln_splat(1.0f / 6.0f);
+    }
     if (n >= KILN_VLEN) {
         kiln_storeu(yr, r);
         return;
@@ -130,7 +137,7 @@ KILN_INLINE void kiln_dw_store(float* yr, int n, kiln_vf acc, kiln_vf lo, kiln_v
  * on a row above or below the image reads the zero line instead (the borders are peeled
  * without a branch). Inlined with constant KH, KW, S, DH, DW, NC and NR by the wrappers. */
 KILN_INLINE void kiln_dw_block(const float* lines, const float* w, const float* bias, float* y,
-                               int cin, const kiln_conv_shape* s, float lo, float hi,
+                               int cin, const kiln_conv_shape* s, float lo, float hi, int act,
                                const int KH, const int KW, const int S, const int DH,
                                const int DW, const int NC, const int NR) {
     const int phase = (s->OW + 15) / 16 * 16 + (KW - 1) * DW / S + 1;
@@ -167,18 +174,18 @@ KILN_INLINE void kiln_dw_block(const float* lines, const float* w, const float* 
             for (int r = 0; r < NR && oy + r < s->OH; ++r)
                 for (int j = 0; j < NC; ++j)
                     kiln_dw_store(y + j * out_plane + (size_t)(oy + r) * s->OW + ox, s->OW - ox,
-                                  acc[j][r], vlo, vhi);
+                                  acc[j][r], vlo, vhi, act);
         }
     }
 }
 
 typedef void (*kiln_dw_fn)(const float*, const float*, const float*, float*, int,
-                           const kiln_conv_shape*, float, float);
+                           const kiln_conv_shape*, float, float, int);
 
 #define KILN_DW_DEFINE(name, KH, KW, S, DH, DW, NC, NR)                                            \
     static void name(const float* lines, const float* w, const float* bias, float* y, int cin, \
-                     const kiln_conv_shape* s, float lo, float hi) {                            \
-        kiln_dw_block(lines, w, bias, y, cin, s, lo, hi, KH, KW, S, DH, DW, NC, NR);           \
+                     const kiln_conv_shape* s, float lo, float hi, int act) {                   \
+        kiln_dw_block(lines, w, bias, y, cin, s, lo, hi, act, KH, KW, S, DH, DW, NC, NR);      \
     }
 #define KILN_DW_FAMILY(name, KH, KW, S, DH, DW)      \
     KILN_DW_DEFINE(name##_1, KH, KW, S, DH, DW, 1, 4) \
@@ -336,7 +343,7 @@ static void kiln_dwf_split(const float* x, const kiln_conv_shape* s, int sub, fl
 KILN_INLINE void kiln_dwf_block(const float* const* in, size_t cstride, int cin,
                                 const float* const* w, const float* bias, float* y,
                                 size_t ystride, int nc, int v0, int P, const kiln_dwf_plan* p,
-                                kiln_vf lo, kiln_vf hi, const int T, const int NC,
+                                kiln_vf lo, kiln_vf hi, int act, const int T, const int NC,
                                 const int NV) {
     kiln_vf acc[4][8];
     for (int j = 0; j < NC; ++j) {
@@ -361,18 +368,19 @@ KILN_INLINE void kiln_dwf_block(const float* const* in, size_t cstride, int cin,
     for (int j = 0; j < NC && j < nc; ++j)
         for (int r = 0; r < NV; ++r) {
             const int f = 16 * (v0 + r);
-            kiln_dw_store(y + j * ystride + f, P - f, acc[j][r], lo, hi);
+            kiln_dw_store(y + j * ystride + f, P - f, acc[j][r], lo, hi, act);
         }
 }
 
 typedef void (*kiln_dwf_fn)(const float* const*, size_t, int, const float* const*, const float*,
                             float*, size_t, int, int, int, const kiln_dwf_plan*, kiln_vf,
-                            kiln_vf);
+                            kiln_vf, int);
 #define KILN_DWF_DEFINE(name, T, NC, NV)                                                        \
     static void name(const float* const* in, size_t cstride, int cin, const float* const* w,   \
                      const float* bias, float* y, size_t ystride, int nc, int v0, int P,        \
-                     const kiln_dwf_plan* p, kiln_vf lo, kiln_vf hi) {                          \
-        kiln_dwf_block(in, cstride, cin, w, bias, y, ystride, nc, v0, P, p, lo, hi, T, NC, NV); \
+                     const kiln_dwf_plan* p, kiln_vf lo, kiln_vf hi, int act) {                 \
+        kiln_dwf_block(in, cstride, cin, w, bias, y, ystride, nc, v0, P, p, lo, hi, act, T, NC, \
+                       NV);                                                                     \
     }
 #define KILN_DWF_FAMILY(name, T)         \
     KILN_DWF_DEFINE(name##_1x8, T, 1, 8) \
@@ -404,7 +412,7 @@ static int kiln_dwf_pick(int nvec, int cout_g) {
  * per group when each group has one output channel, as in a depthwise conv). */
 static void kiln_dwf_conv(const float* x, const float* w, const float* bias, float* y, int c0,
                           int c1, int Cout, int groups, const kiln_conv_shape* s, float lo,
-                          float hi, float* split, const kiln_dwf_plan* p) {
+                          float hi, int act, float* split, const kiln_dwf_plan* p) {
     const int cin = s->C / groups, cout_g = Cout / groups, T = p->taps;
     const int P = s->OH * s->OW, pick = kiln_dwf_pick(p->nvec, cout_g);
     const int NC = kiln_dwf_nc[pick], NV = kiln_dwf_nv[pick];
@@ -445,9 +453,10 @@ static void kiln_dwf_conv(const float* x, const float* w, const float* bias, flo
         float* yc = y + (size_t)(c - c0) * P;
         int v = 0;
         for (; v + NV <= p->nvec; v += NV)
-            fns[pick](in, cstride, cin, wj, bc, yc, (size_t)P, nc, v, P, p, vlo, vhi);
+            fns[pick](in, cstride, cin, wj, bc, yc, (size_t)P, nc, v, P, p, vlo, vhi, act);
         for (; v < p->nvec; ++v)
-            fns[KILN_DWF_4x1](in, cstride, cin, wj, bc, yc, (size_t)P, nc, v, P, p, vlo, vhi);
+            fns[KILN_DWF_4x1](in, cstride, cin, wj, bc, yc, (size_t)P, nc, v, P, p, vlo, vhi,
+                              act);
         c += nc;
     }
 }
@@ -456,6 +465,12 @@ static void kiln_dwf_conv(const float* x, const float* w, const float* bias, flo
 void kiln_dwconv(const float* x, const float* w, const float* bias, float* y, int c0, int c1,
                  int Cout, int groups, const kiln_conv_shape* s, float lo, float hi,
                  float* lines) {
+    kiln_dwconv_act(x, w, bias, y, c0, c1, Cout, groups, s, lo, hi, KILN_DW_NONE, lines);
+}
+
+void kiln_dwconv_act(const float* x, const float* w, const float* bias, float* y, int c0,
+                     int c1, int Cout, int groups, const kiln_conv_shape* s, float lo, float hi,
+                     int act, float* lines) {
     const int cin = s->C / groups, cout_g = Cout / groups;
     const size_t taps = (size_t)cin * s->KH * s->KW, in_plane = (size_t)s->H * s->W;
     const size_t lines_plane = (size_t)s->H * KILN_DW_LINE(s);
@@ -466,7 +481,7 @@ void kiln_dwconv(const float* x, const float* w, const float* bias, float* y, in
      * 32x32 stride-2 stem of mobilenet_v2ish, 1.39x the time flat) */
     kiln_dwf_plan plan;
     if ((cin == 1 || s->OW < 16) && kiln_dwf_make_plan(s, &plan)) {
-        kiln_dwf_conv(x, w, bias, y, c0, c1, Cout, groups, s, lo, hi, lines, &plan);
+        kiln_dwf_conv(x, w, bias, y, c0, c1, Cout, groups, s, lo, hi, act, lines, &plan);
         return;
     }
 #endif
@@ -488,7 +503,7 @@ void kiln_dwconv(const float* x, const float* w, const float* bias, float* y, in
         }
         const int nc = kiln_imin(4, kiln_imin(c1, (g + 1) * cout_g) - c);
         fns[nc - 1](lines, w + (size_t)c * taps, bias ? bias + c : NULL,
-                    y + (size_t)(c - c0) * s->OH * s->OW, cin, s, lo, hi);
+                    y + (size_t)(c - c0) * s->OH * s->OW, cin, s, lo, hi, act);
         c += nc;
     }
 }

@@ -7,9 +7,10 @@
  * left/right borders cost nothing; taps on rows above and below the image read a zero line.
  * Accumulators are vectors along the output width (KILN_VLEN lanes), for up to four output
  * channels (a group's channels share every loaded input vector) and up to four output rows;
- * bias and the clamp (relu, relu6) are applied as the results are stored. 3x3 and 5x5
- * kernels at stride 1 and 2 (no dilation) have specialised loops with compile-time sizes;
- * everything else takes the generic loop.
+ * bias and the clamp (relu, relu6) — and with kiln_dwconv_act hardswish, so MobileNet's
+ * depthwise layers need no second pass for it — are applied as the results are stored. 3x3
+ * and 5x5 kernels at stride 1 and 2 (no dilation) have specialised loops with compile-time
+ * sizes; everything else takes the generic loop.
  *
  * With AVX-512, depthwise layers and planes narrower than a vector take the flat path
  * instead (kiln_dwconv.c): the output plane as one flat array, 16 values per vector across
@@ -44,5 +45,13 @@
 void kiln_dwconv(const float* x, const float* w, const float* bias, float* y, int c0, int c1,
                  int Cout, int groups, const kiln_conv_shape* s, float lo, float hi,
                  float* lines);
+
+/* The activation kiln_dwconv_act applies after the clamp, as it stores (no second pass). */
+enum { KILN_DW_NONE = 0, KILN_DW_HARDSWISH = 1 };
+
+/* kiln_dwconv, then `act` on every stored value. */
+void kiln_dwconv_act(const float* x, const float* w, const float* bias, float* y, int c0,
+                     int c1, int Cout, int groups, const kiln_conv_shape* s, float lo, float hi,
+                     int act, float* lines);
 
 #endif /* KILN_DWCONV_H */

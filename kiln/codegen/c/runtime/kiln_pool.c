@@ -1,6 +1,66 @@
 /* kiln runtime: pooling (see kiln_pool.h). */
 #include "kiln_pool.h"
 
+#if KILN_VLEN == 16 && defined(__AVX512F__)
+#include <immintrin.h>
+
+/* Global average pooling of 16 planes at once (AVX-512): each plane summed into a vector of
+ * 16 partial sums, then the 16 vectors folded into one vector of 16 plane sums — four levels,
+ * each adding the two halves of every plane's partials of two vectors (two lane permutes and
+ * one add), 30 permutes and 15 adds for all 16 instead of a 16-lane horizontal sum per plane.
+ * Measured on mobilenet_v2ish at batch 64, 1 thread (per-kernel medians, interleaved): 0.50x
+ * the time of one plane at a time on its 4x4 planes (6144 and 8192 planes), 0.54x on 8x8,
+ * 0.91x on 16x16 (2048 planes: the loads dominate). */
+typedef struct {
+    __m512i lo, hi;
+} kiln_gap_perm;
+
+/* The permutes of the level whose vectors hold m planes of w = 16 / m partials each: lane o of
+ * the result takes partial o % (w/2) (lo) or w/2 + o % (w/2) (hi) of plane o / (w/2) of the
+ * pair (the first vector's m planes, then the second's). */
+static kiln_gap_perm kiln_gap_level(int m) {
+    const int w = 16 / m, h = w / 2;
+    int32_t lo[16], hi[16];
+    for (int o = 0; o < 16; ++o) {
+        const int q = o / h, j = o % h;
+        const int base = q < m ? q * w : 16 + (q - m) * w;
+        lo[o] = base + j;
+        hi[o] = base + h + j;
+    }
+    kiln_gap_perm p;
+    p.lo = _mm512_loadu_si512(lo);
+    p.hi = _mm512_loadu_si512(hi);
+    return p;
+}
+
+/* The sums of planes p .. p + 15 of n values each. */
+KILN_INLINE __m512 kiln_gap16(const float* x, int n, const kiln_gap_perm* perm) {
+    __m512 v[16];
+    const __mmask16 tail = (__mmask16)((1u << (n % 16)) - 1u);
+    for (int q = 0; q < 16; ++q) {
+        const float* xp = x + (size_t)q * n;
+        __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+        int i = 0;
+        for (; i + 32 <= n; i += 32) {
+            a = _mm512_add_ps(a, _mm512_loadu_ps(xp + i));
+            b = _mm512_add_ps(b, _mm512_loadu_ps(xp + i + 16));
+        }
+        if (i + 16 <= n) {
+            a = _mm512_add_ps(a, _mm512_loadu_ps(xp + i));
+            i += 16;
+        }
+        if (i < n) b = _mm512_add_ps(b, _mm512_maskz_loadu_ps(tail, xp + i));
+        v[q] = _mm512_add_ps(a, b);
+    }
+    for (int level = 0, count = 16; count > 1; ++level, count /= 2)
+        for (int q = 0; q < count / 2; ++q)
+            v[q] = _mm512_add_ps(
+                _mm512_permutex2var_ps(v[2 * q], perm[level].lo, v[2 * q + 1]),
+                _mm512_permutex2var_ps(v[2 * q], perm[level].hi, v[2 * q + 1]));
+    return v[0];
+}
+#endif
+
 /* Row by row: for each kernel tap, sweep the output row over the columns whose input is
  * inside the image (kiln_window_range), so the inner loops have no bounds checks and
  * vectorize; padding never enters (max pads with -inf, average counts by PyTorch's rule). */
@@ -61,7 +121,18 @@ void kiln_adaptive_avgpool2d(const float* x, float* y, int planes, int H, int W,
                              int OW) {
     if (OH == 1 && OW == 1) { /* global average pooling: vector partial sums */
         const int n = H * W;
-        for (int p = 0; p < planes; ++p) {
+        int p = 0;
+#if KILN_VLEN == 16 && defined(__AVX512F__)
+        if (n >= 8) { /* 16 planes at a time (shorter planes: the loop below) */
+            const kiln_gap_perm perm[4] = {kiln_gap_level(1), kiln_gap_level(2),
+                                           kiln_gap_level(4), kiln_gap_level(8)};
+            const __m512 count = _mm512_set1_ps((float)n);
+            for (; p + 16 <= planes; p += 16)
+                _mm512_storeu_ps(y + p, _mm512_div_ps(kiln_gap16(x + (size_t)p * n, n, perm),
+                                                      count));
+        }
+#endif
+        for (; p < planes; ++p) {
             const float* xp = x + (size_t)p * n;
             kiln_vf acc = kiln_splat(0.0f);
             int i = 0;

@@ -20,10 +20,12 @@
 #include "kiln_conv.h"
 #include "kiln_conv_gemm.h"
 #include "kiln_dwconv.h"
+#include "kiln_pwconv.h"
 #include "kiln_pool.h"
 #include "kiln_norm.h"
 #include "kiln_qgemm.h"
 #include "kiln_qmatmul.h"
+#include "kiln_qops.h"
 #include "kiln_sparse.h"
 #include "kiln_winograd.h"
 
