@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import kiln
+from kiln.codegen.c.conv_anchors import conv_kc, padded_dims
 from kiln.codegen.c.emitter import RUNTIME_HEADERS
-from kiln.codegen.c.gemm_anchors import conv_kc, padded_dims
 from kiln.codegen.c.packing import gemm_tile, pack_panels
 from kiln.targets.toolchains import gcc
 
@@ -316,7 +316,7 @@ def test_wide_routing_rule() -> None:
     """Stride 1 with K up to WIDE_MAXK (measured faster) goes wide, and so do strided convs
     (on the image's phases, test_cpu_conv_strided.py) but for strided 1x1 and strided dilated
     ones; larger K keeps the gather."""
-    from kiln.codegen.c.gemm_anchors import WIDE_MAXK, ConvAnchor
+    from kiln.codegen.c.conv_anchors import WIDE_MAXK, ConvAnchor
     fits = ConvAnchor.wide_fits
     assert fits(geometry(64, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), 576)
     assert fits(geometry(2, 12, 14, (3, 3), (1, 1), (3, 2, 0, 0), (3, 2)), 18)

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import kiln
+from kiln.codegen.c.conv_anchors import WIDE_GROUP, ConvAnchor, grid_floats
 from kiln.codegen.c.emitter import RUNTIME_HEADERS, runtime_sources
-from kiln.codegen.c.gemm_anchors import WIDE_GROUP, ConvAnchor, grid_floats
 from kiln.codegen.c.packing import gemm_tile, pack_panels
 from kiln.codegen.c.runtime_deps import linked_sources
 from kiln.models import example_inputs, get_model

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import kiln
+from kiln.codegen.c.conv_anchors import WIDE_GROUP, padded_dims
 from kiln.codegen.c.emitter import RUNTIME_HEADERS
-from kiln.codegen.c.gemm_anchors import WIDE_GROUP, padded_dims
 from kiln.codegen.c.packing import gemm_tile, pack_panels
 from kiln.models import example_inputs, get_model
 from kiln.targets.toolchains import gcc

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 import kiln
+from kiln.codegen.c.conv_anchors import DirectConvAnchor
 from kiln.codegen.c.emitter import RUNTIME_HEADERS
-from kiln.codegen.c.gemm_anchors import DirectConvAnchor
 from kiln.targets.toolchains import gcc
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None, reason="needs gcc")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import kiln
-from kiln.codegen.c.gemm_anchors import anchor_class
+from kiln.codegen.c.anchors import anchor_class
 from kiln.codegen.c.pixel_conv_anchor import PixelConvAnchor
 from kiln.targets.toolchains import gcc
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import kiln
+from kiln.codegen.c.anchors import anchor_class
 from kiln.codegen.c.emitter import RUNTIME_HEADERS
-from kiln.codegen.c.gemm_anchors import anchor_class
 from kiln.codegen.c.packing import pack_groups
 from kiln.codegen.c.pointwise_anchor import PointwiseConvAnchor
 from kiln.targets.toolchains import gcc

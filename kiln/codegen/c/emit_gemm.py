@@ -23,7 +23,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kiln.codegen.c.anchors import anchor_class
 from kiln.codegen.c.context import KernelContext
+from kiln.codegen.c.conv_anchors import DirectConvAnchor
 from kiln.codegen.c.emit_eltwise import full_view_buffers, leaf_of
 from kiln.codegen.c.expr import (
     Leaf,
@@ -44,7 +46,7 @@ from kiln.codegen.c.expr import (
     reads,
     view_strides,
 )
-from kiln.codegen.c.gemm_anchors import Anchor, Block, DirectConvAnchor, anchor_class, offset
+from kiln.codegen.c.gemm_anchors import Anchor, Block, offset
 from kiln.codegen.c.options import TILE_FLOATS
 from kiln.codegen.c.params import float_literal
 from kiln.codegen.writer import CodeWriter

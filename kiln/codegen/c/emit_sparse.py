@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.codegen.c.context import KernelContext
+from kiln.codegen.c.conv_anchors import ConvAnchor
 from kiln.codegen.c.expr import c_diff, c_product, c_ptr
-from kiln.codegen.c.gemm_anchors import Anchor, Block, ConvAnchor, LinearAnchor
+from kiln.codegen.c.gemm_anchors import Anchor, Block, LinearAnchor
 from kiln.ir import sparse
 from kiln.ir.graph import Block as IRBlock
 from kiln.ir.graph import Op, Value

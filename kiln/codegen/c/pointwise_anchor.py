@@ -20,8 +20,9 @@ relu6 0.92x; 16 ← 32 + residual 0.87x; 64 ← 16 hardswish 0.66x; 24 ← 64 at
 
 from __future__ import annotations
 
+from kiln.codegen.c.conv_anchors import _ConvBase, packed_weight
 from kiln.codegen.c.expr import c_ptr, c_sum, contiguous_strides
-from kiln.codegen.c.gemm_anchors import Block, _ConvBase, offset, packed_weight
+from kiln.codegen.c.gemm_anchors import Block, offset
 from kiln.codegen.c.params import float_literal
 from kiln.codegen.c.store_epilogue import FusedEpilogue, fused_epilogue
 from kiln.ir.graph import Op, Value

@@ -16,7 +16,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from kiln.codegen.c.gemm_anchors import Block, ConvAnchor, _conv_geometry
+from kiln.codegen.c.conv_anchors import ConvAnchor, _conv_geometry
+from kiln.codegen.c.gemm_anchors import Block
 from kiln.codegen.c.options import TILE_FLOATS
 from kiln.codegen.c.packing import pack_panels, panels
 from kiln.ir.graph import Op
