@@ -67,3 +67,32 @@ def test_chains_into_row_kernels(length: int, threads: int, tmp_path: Path,
         w = want.numpy().astype(np.float64)
         err = np.abs(np.asarray(got, np.float64) - w).max() / np.abs(w).max()
         assert err <= TOL, err
+
+
+class WeightAlsoSummed(nn.Module):
+    """layer_norm(x + h, weight=h) over the whole tensor, its result feeding a matmul: h (a
+    concat, computed outside the group) dies at the layer norm, is read by the chain at full
+    shape and is the layer norm's weight — the result must not overwrite it, since the kernel
+    reads the weight after the chain has written the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.m = nn.Parameter(torch.randn(16, 16) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x[2:], x[:2]], 0)
+        return nn.functional.layer_norm(x + h, (4, 16), weight=h) @ self.m
+
+
+def test_chain_does_not_overwrite_the_layer_norm_weight(tmp_path: Path,
+                                                        rng: np.random.Generator) -> None:
+    model = WeightAlsoSummed().eval()
+    x = torch.from_numpy(rng.standard_normal((4, 16)).astype(np.float32))
+    art = kiln.compile(model, (x,), target="cpu", cache_dir=tmp_path)
+    notes = [k["kernel"] for k in art.report()["kernels"]]
+    assert any(n.startswith("add, then layer_norm rows") for n in notes), notes
+    x2 = torch.from_numpy(rng.standard_normal((4, 16)).astype(np.float32))
+    with torch.no_grad():
+        want = model(x2).numpy().astype(np.float64)
+    got = np.asarray(art(x2), np.float64)
+    assert np.abs(got - want).max() / np.abs(want).max() <= TOL

@@ -308,7 +308,11 @@ def _emit_chain_then_kernel(ctx: KernelContext, ops: Sequence[Op], args: dict[Va
             if isinstance(source, Leaf) else source)
     write_pass(ctx, space, [(y, node)], ctx.parallel_for())
     ctx.w.line(call)
-    ctx.set_inplace(0, inplace_operands(ctx, [node], space, ctx.op.operands))
+    # The kernel reads its affine parameters after the pass has written the result: a
+    # parameter the chain also reads at full shape must not be the buffer it overwrites.
+    kept = set(params)
+    ctx.set_inplace(0, tuple(k for k in inplace_operands(ctx, [node], space, ctx.op.operands)
+                             if ctx.op.operands[k] not in kept))
     ctx.note("+".join(o.name.removeprefix("kiln.") for o in chain) + ", then "
              + last.name.removeprefix("kiln.") + " rows (vectorized)")
     return True
