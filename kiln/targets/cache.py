@@ -155,8 +155,11 @@ class BuildCache:
             _check_outputs(work, outputs)
             seal(work, key)
         except CompileError as exc:
-            raise CompileError(str(exc.diagnostics[0].message),
-                               self._keep_failed(key, work) / exc.log.name) from None
+            kept = self._keep_failed(key, work)
+            # A log written in this build's directory moved with it; one from a nested entry
+            # (a runtime object the build needed, kept under its own key) stays where it is.
+            log = kept / exc.log.relative_to(work) if exc.log.is_relative_to(work) else exc.log
+            raise CompileError(str(exc.diagnostics[0].message), log) from None
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise

@@ -235,6 +235,28 @@ def test_failed_build_points_at_its_log(cache: Path, monkeypatch: pytest.MonkeyP
     assert log.is_file() and "kiln test failure" in log.read_text()
 
 
+def test_failed_runtime_object_points_at_its_own_log(cache: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime file that fails (built as its own cache entry inside the model's build) is
+    reported with ITS log, not the model's (which compiled cleanly)."""
+    real = cpu.lower
+
+    def broken(module: Module, options: COptions) -> object:
+        program = real(module, options)
+        runtime = sorted(n for n in program.sources if n.startswith("kiln_") and n.endswith(".c"))
+        assert runtime, "the model links no runtime file"
+        program.sources[runtime[0]] += "\n#error kiln runtime test failure\n"
+        return program
+
+    monkeypatch.setattr(cpu, "lower", broken)
+    with pytest.raises(KilnError) as info:
+        kiln.compile(get_model("lenet5"), example_inputs("lenet5"), target="cpu",
+                     cache_dir=cache)
+    hint = info.value.diagnostics[0].hint or ""
+    log = Path(hint.split("the compiler log is ")[1])
+    assert log.is_file() and "kiln runtime test failure" in log.read_text()
+
+
 def test_ops_without_kernels_are_named_before_gcc(monkeypatch: pytest.MonkeyPatch) -> None:
     module = Module("quantized")
     func, b = new_function(module, "forward", [TensorType((2, 3))], ["x"])
