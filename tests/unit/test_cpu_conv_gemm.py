@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import platform
 import subprocess
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,9 @@ import torch
 
 import kiln
 from kiln.codegen.c.conv_anchors import conv_kc, padded_dims
-from kiln.codegen.c.emitter import RUNTIME_HEADERS
 from kiln.codegen.c.packing import gemm_tile, pack_panels
 from kiln.targets.toolchains import gcc
+from kiln.testing.runtime_lib import build_runtime_library, build_sanitized_harness
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None, reason="needs gcc")
 MARCHES = ["native"] + (["x86-64"] if platform.machine() in ("x86_64", "AMD64") else [])
@@ -42,7 +41,7 @@ def ptr(a: np.ndarray | None) -> ctypes.c_void_p | None:
     return None if a is None else ctypes.c_void_p(a.ctypes.data)
 
 
-SOURCES = ("kiln_gemm.c", "kiln_gemm_bpanel.c", "kiln_conv_gemm.c")
+CALLS = ("kiln_conv_gemm", "kiln_sgemm")
 
 
 class Lib:
@@ -61,11 +60,7 @@ class Lib:
 @pytest.fixture(scope="module", params=MARCHES)
 def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lib:
     work = tmp_path_factory.mktemp(f"convgemm-{request.param}")
-    root = resources.files("kiln.codegen.c").joinpath("runtime")
-    for name in (*RUNTIME_HEADERS, *SOURCES):
-        (work / name).write_text(root.joinpath(name).read_text())
-    flags = [*gcc.flags(request.param, 1, False), "-Werror", "-fvisibility=default"]
-    out = gcc.compile_c(gcc.find("gcc"), work, list(SOURCES), "libtest.so", flags, shared=True)
+    out = build_runtime_library(work, request.param, *CALLS)
     return Lib(out, request.param)
 
 
@@ -300,13 +295,7 @@ int main(void) {
 def test_conv_gemm_wide_stays_in_bounds_under_asan(tmp_path: Path) -> None:
     """The wide kernel's last tile reads up to NR floats past the padded image: the
     documented slack must cover it, and no store may leave y (ASan + UBSan, exact buffers)."""
-    root = resources.files("kiln.codegen.c").joinpath("runtime")
-    for name in (*RUNTIME_HEADERS, *SOURCES):
-        (tmp_path / name).write_text(root.joinpath(name).read_text())
-    (tmp_path / "harness.c").write_text(HARNESS)
-    flags = [*gcc.flags("native", 1, True), "-Werror"]
-    exe = gcc.compile_c(gcc.find("gcc"), tmp_path, [*SOURCES, "harness.c"], "harness", flags,
-                        shared=False)
+    exe = build_sanitized_harness(tmp_path, HARNESS, *CALLS)
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.split()) == 4

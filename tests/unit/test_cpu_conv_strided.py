@@ -25,11 +25,10 @@ import torch
 
 import kiln
 from kiln.codegen.c.conv_anchors import WIDE_GROUP, ConvAnchor, grid_floats
-from kiln.codegen.c.emitter import RUNTIME_HEADERS, runtime_sources
 from kiln.codegen.c.packing import gemm_tile, pack_panels
-from kiln.codegen.c.runtime_deps import linked_sources
 from kiln.models import example_inputs, get_model
 from kiln.targets.toolchains import gcc
+from kiln.testing.runtime_lib import build_runtime_library, build_sanitized_harness
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None, reason="needs gcc")
 MARCHES = ["native"] + (["x86-64"] if platform.machine() in ("x86_64", "AMD64") else [])
@@ -49,15 +48,6 @@ def ptr(a: np.ndarray | None) -> ctypes.c_void_p | None:
     return None if a is None else ctypes.c_void_p(a.ctypes.data)
 
 
-def copy_runtime(work: Path, calls: str) -> list[str]:
-    """The runtime headers and the sources that code calling `calls` links, into `work`."""
-    runtime = runtime_sources()
-    sources = list(linked_sources(calls, runtime))
-    for name in (*RUNTIME_HEADERS, *sources):
-        (work / name).write_text(runtime[name])
-    return sources
-
-
 class Lib:
     """The wide-grid runtime built for one -march, and the GEMM tile it uses."""
 
@@ -71,9 +61,7 @@ class Lib:
 @pytest.fixture(scope="module", params=MARCHES)
 def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lib:
     work = tmp_path_factory.mktemp(f"convstrided-{request.param}")
-    sources = copy_runtime(work, "kiln_conv_gemm_wide_batch();")
-    flags = [*gcc.flags(request.param, 1, False), "-Werror", "-fvisibility=default"]
-    out = gcc.compile_c(gcc.find("gcc"), work, sources, "libtest.so", flags, shared=True)
+    out = build_runtime_library(work, request.param, "kiln_conv_gemm_wide_batch")
     return Lib(out, request.param)
 
 
@@ -229,11 +217,7 @@ def test_strided_in_bounds_under_asan_and_traps(tmp_path: Path) -> None:
     """The phase split and the loads stay inside the exact scratch the header sizes (which
     the code generator's `grid_floats` must match), no store leaves y; a dilated strided
     conv and a stride past the phase tables trap."""
-    sources = copy_runtime(tmp_path, "kiln_conv_gemm_wide_batch();")
-    (tmp_path / "harness.c").write_text(HARNESS)
-    flags = [*gcc.flags("native", 1, True), "-Werror"]
-    exe = gcc.compile_c(gcc.find("gcc"), tmp_path, [*sources, "harness.c"], "harness", flags,
-                        shared=False)
+    exe = build_sanitized_harness(tmp_path, HARNESS, "kiln_conv_gemm_wide_batch")
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     grids = [int(line.split()[0]) for line in run.stdout.splitlines()]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import platform
 import subprocess
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +23,15 @@ import torch
 
 import kiln
 from kiln.codegen.c.conv_anchors import WIDE_GROUP, padded_dims
-from kiln.codegen.c.emitter import RUNTIME_HEADERS
 from kiln.codegen.c.packing import gemm_tile, pack_panels
 from kiln.models import example_inputs, get_model
 from kiln.targets.toolchains import gcc
+from kiln.testing.runtime_lib import build_runtime_library, build_sanitized_harness
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None, reason="needs gcc")
 MARCHES = ["native"] + (["x86-64"] if platform.machine() in ("x86_64", "AMD64") else [])
 FIELDS = ("C", "H", "W", "KH", "KW", "sh", "sw", "pt", "pl", "dh", "dw", "OH", "OW")
-SOURCES = ("kiln_gemm.c", "kiln_gemm_bpanel.c", "kiln_conv_gemm.c")
+CALLS = ("kiln_conv_gemm_wide_batch",)
 
 
 class Shape(ctypes.Structure):
@@ -53,18 +52,10 @@ class Lib:
         self.mr, self.nr = gemm_tile(width)
 
 
-def copy_runtime(work: Path) -> None:
-    root = resources.files("kiln.codegen.c").joinpath("runtime")
-    for name in (*RUNTIME_HEADERS, *SOURCES):
-        (work / name).write_text(root.joinpath(name).read_text())
-
-
 @pytest.fixture(scope="module", params=MARCHES)
 def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lib:
     work = tmp_path_factory.mktemp(f"convwide-{request.param}")
-    copy_runtime(work)
-    flags = [*gcc.flags(request.param, 1, False), "-Werror", "-fvisibility=default"]
-    out = gcc.compile_c(gcc.find("gcc"), work, list(SOURCES), "libtest.so", flags, shared=True)
+    out = build_runtime_library(work, request.param, *CALLS)
     return Lib(out, request.param)
 
 
@@ -193,11 +184,7 @@ int main(int argc, char** argv) {
 def test_wide_batch_in_bounds_under_asan_and_traps_past_max_k(tmp_path: Path) -> None:
     """Loads run up to NR floats past the last padded image of a group: the scratch size of
     the header must cover them, and no store may leave y. A K past KILN_CG_WIDE_MAXK traps."""
-    copy_runtime(tmp_path)
-    (tmp_path / "harness.c").write_text(HARNESS)
-    flags = [*gcc.flags("native", 1, True), "-Werror"]
-    exe = gcc.compile_c(gcc.find("gcc"), tmp_path, [*SOURCES, "harness.c"], "harness", flags,
-                        shared=False)
+    exe = build_sanitized_harness(tmp_path, HARNESS, *CALLS)
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.split()) == 6
