@@ -32,7 +32,7 @@ from kiln.targets.toolchains import gcc
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None, reason="needs gcc")
 MARCHES = ["native"] + (["x86-64"] if platform.machine() in ("x86_64", "AMD64") else [])
 FIELDS = ("C", "H", "W", "KH", "KW", "sh", "sw", "pt", "pl", "dh", "dw", "OH", "OW")
-SOURCES = ("kiln_gemm.c", "kiln_winograd.c")
+SOURCES = ("kiln_gemm.c", "kiln_winograd.c", "kiln_winograd_pad.c")
 
 
 class Shape(ctypes.Structure):

@@ -24,7 +24,10 @@ from kiln.ir.graph import Op
 from kiln.ir.ops.nn_conv import Conv2d
 
 VL = 8
-"""KILN_WG_VL: tiles per transform vector (kiln_winograd.h)."""
+"""KILN_WG_VL: floats per vector of the phase-split image (kiln_winograd.h)."""
+SLACK = 16
+"""KILN_WG_SLACK: floats past the rows of the image, V and M, and the output rows (the widest
+transform vector, 16 tiles with AVX-512)."""
 SKEW = 16
 """KILN_WG_SKEW: floats between one position's V (or M) rows and the next's beyond the rows."""
 
@@ -75,18 +78,18 @@ def tiles(geo: dict[str, int], m: int) -> tuple[int, int]:
 def image_floats(geo: dict[str, int], m: int) -> int:
     """KILN_WG_IMAGE: the phase-split padded image."""
     th, tw = tiles(geo, m)
-    return geo["C"] * (th * m + 2) * m * (tw + 1) + VL
+    return geo["C"] * (th * m + 2) * m * (tw + 1) + SLACK
 
 
 def scratch_floats(geo: dict[str, int], m: int, cout: int, rows: int, mr: int,
                    nr: int) -> int:
-    """`kiln_wg_scratch_floats`: V and M of a chunk of `rows` tile rows, one tile row's
-    output rows."""
+    """`kiln_wg_scratch_floats`: V and M of a chunk of `rows` tile rows, four tile rows'
+    output rows (a vector's tile rows, kiln_wg_group)."""
     _, tw = tiles(geo, m)
     gl = nr // 2
-    ldt = -(-(rows * tw + VL) // gl) * gl
+    ldt = -(-(rows * tw + SLACK) // gl) * gl
     steps = (geo["C"] * ldt + SKEW) + (panels(cout, mr) * mr * ldt + SKEW)
-    return (m + 2) ** 2 * steps + m * (tw + 1) * m + VL * m
+    return (m + 2) ** 2 * steps + 4 * m * (tw + 1) * m + SLACK * m
 
 
 def chunk_rows(geo: dict[str, int], m: int, cout: int, mr: int) -> int:

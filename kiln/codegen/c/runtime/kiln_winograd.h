@@ -13,15 +13,18 @@
  * 2, -2: the well-conditioned choices. Measured fp32 error (largest over the largest output,
  * random data): F(2,3) 2e-7 (16 channels) to 6e-7 (256), F(4,3) 4e-6 to 1.2e-5.
  *
- * Vectors run over 8 neighbouring tiles of a tile row. To make each patch element one
- * contiguous load, `kiln_wg_pad` copies the zero-padded image once per image into a
- * phase-split layout: padded row Y, column X lands at xs[((c*HS + Y)*m + X%m)*XS + X/m], so
- * column j of the patches of tiles tx..tx+7 is the vector at phase j%m, offset tx + j/m.
- * The tiles are processed in chunks of `rows` tile rows (transform, GEMMs, output transform
- * while the chunk's V and M stay in L2). Tiles past the right and bottom edges are computed
- * from zero padding and not stored, so any OH, OW and padding (0..2) work. Output tile rows
- * go straight to y when they fill whole output rows; otherwise through a row buffer, then
- * their valid pixels (partial tiles, rows split by the caller's pixel range [n0, n1)).
+ * Transform vectors run over 16 neighbouring tiles with AVX-512, else 8 (kiln_winograd_vec.h):
+ * of a tile row, or of g tile rows of 4 (or 8) tiles at once, whose lanes would otherwise
+ * idle. To make each patch element one contiguous load, `kiln_wg_pad` (kiln_winograd_pad.c)
+ * copies the zero-padded image once per image into a phase-split layout: padded row Y,
+ * column X lands at xs[((c*HS + Y)*m + X%m)*XS + X/m], so column j of the patches of tiles
+ * tx..tx+7 is the vector at phase j%m, offset tx + j/m. The tiles are processed in chunks of
+ * `rows` tile rows (transform, GEMMs, output transform while the chunk's V and M stay in
+ * L2). Tiles past the right and bottom edges are computed from zero padding and not stored,
+ * so any OH, OW and padding (0..2) work. Output tile rows go straight to y when they fill
+ * whole output rows; otherwise through row buffers, then their valid pixels (partial tiles,
+ * rows split by the caller's pixel range [n0, n1)). Bias and clamp are applied in registers
+ * (only the finite bounds).
  */
 #ifndef KILN_WINOGRAD_H
 #define KILN_WINOGRAD_H
@@ -29,21 +32,22 @@
 #include "kiln_conv.h"
 #include "kiln_gemm.h"
 
-#define KILN_WG_VL 8 /* tiles per transform vector */
+#define KILN_WG_VL 8     /* floats per vector of the phase split (kiln_wg_pad) */
+#define KILN_WG_SLACK 16 /* floats past buffers' rows: the widest transform vector */
 #define KILN_WG_TH(s, m) (((s)->OH + (m) - 1) / (m))
 #define KILN_WG_TW(s, m) (((s)->OW + (m) - 1) / (m))
 /* The phase-split padded image: HS rows of m phases of XS floats per channel (the tiles
- * and the one after them), then a vector of zeros: a row narrower than a vector reads its
+ * and the one after them), then KILN_WG_SLACK zeros: a row narrower than a vector reads its
  * unused lanes from the rows after it (junk, never stored). */
 #define KILN_WG_HS(s, m) (KILN_WG_TH(s, m) * (m) + 2)
 #define KILN_WG_XS(s, m) (KILN_WG_TW(s, m) + 1)
 #define KILN_WG_IMAGE(s, m) \
-    ((size_t)(s)->C * KILN_WG_HS(s, m) * (m) * KILN_WG_XS(s, m) + KILN_WG_VL)
+    ((size_t)(s)->C * KILN_WG_HS(s, m) * (m) * KILN_WG_XS(s, m) + KILN_WG_SLACK)
 
 /* Floats of `kiln_wg_pad`'s output: KILN_WG_IMAGE. */
 size_t kiln_wg_image_floats(const kiln_conv_shape* s, int m);
 /* Floats of per-thread scratch `kiln_winograd_conv` needs for M output channels and chunks
- * of `rows` tile rows (V and M of one chunk, the output rows of one tile row). */
+ * of `rows` tile rows (V and M of one chunk, the output rows of four tile rows). */
 size_t kiln_wg_scratch_floats(const kiln_conv_shape* s, int m, int M, int rows);
 
 /* The image x (C x H x W) zero-padded (pt rows on top, pl columns on the left) and
