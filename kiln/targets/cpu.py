@@ -242,30 +242,36 @@ class CpuArtifact:
 
     def _fast_run(self) -> Callable[..., list[np.ndarray]]:
         """The call path of a model whose tensors all fit the staging buffers: everything
-        it touches is bound once here (function, argument tuple, buffers, expected shapes and
-        strides), so a call checks each input by identity and tuple comparison, copies it in,
+        it touches is bound once here (function, argument tuple, buffers, expected shapes),
+        so a call checks each input by identity, tuple comparison and flag, copies it in,
         calls, and copies the outputs out; anything unexpected goes to `_run_checked`, which
         accepts what NumPy can convert and explains what it cannot. Python's share of a
         LeNet-5 batch-1 call (measured with a no-op native function, interleaved): 2.3 us,
-        3.4 us through the general path."""
+        3.4 us through the general path. Contiguity is NumPy's flag (what the general path
+        checks; the staging copy reads any strides) rather than a comparison of stride tuples,
+        and the lock is taken by its bound methods in try/finally rather than by `with`: 0.2 us
+        less per LeNet-5 call (interleaved, 4000 x 20 calls)."""
         fn, args, lock, checked = self._fn, tuple(self._args), self._lock, self._run_checked
-        failed = self._failure
-        ins = tuple((stage, shape, strides) for stage, (shape, strides)
-                    in zip(self._in_bufs, self.signature.expected))
+        failed, acquire, release = self._failure, lock.acquire, lock.release
+        ins = tuple((stage, shape) for stage, (shape, _) in zip(self._in_bufs,
+                                                                self.signature.expected))
         outs = tuple(self._out_bufs)
         count, ndarray, f32 = len(ins), np.ndarray, _F32
         if count == 1 and len(outs) == 1:
-            ((stage, shape, strides),), (out,) = ins, outs
+            ((stage, shape),), (out,) = ins, outs
 
             def run_one(*inputs: Any) -> list[np.ndarray]:
                 if len(inputs) == 1:
                     x = inputs[0]
                     if (type(x) is ndarray and x.dtype is f32 and x.shape == shape
-                            and x.strides == strides):
-                        with lock:
+                            and x.flags.c_contiguous):
+                        acquire()
+                        try:
                             stage[...] = x
                             rc = fn(*args)
                             y = out.copy()
+                        finally:
+                            release()
                         if rc != 0:
                             raise failed(rc)
                         return [y]
@@ -275,12 +281,15 @@ class CpuArtifact:
         def run_many(*inputs: Any) -> list[np.ndarray]:
             if len(inputs) == count and all(
                     type(x) is ndarray and x.dtype is f32 and x.shape == shape
-                    and x.strides == strides for x, (_, shape, strides) in zip(inputs, ins)):
-                with lock:
-                    for x, (stage, _, _) in zip(inputs, ins):
+                    and x.flags.c_contiguous for x, (_, shape) in zip(inputs, ins)):
+                acquire()
+                try:
+                    for x, (stage, _) in zip(inputs, ins):
                         stage[...] = x
                     rc = fn(*args)
                     ys = [o.copy() for o in outs]
+                finally:
+                    release()
                 if rc != 0:
                     raise failed(rc)
                 return ys

@@ -287,40 +287,60 @@ typedef struct {
 
 /* The next vector from the cursor (which it advances): as many pixels as fit WL lanes and
  * 2 * WL grid columns (q = oy * WP + ox) without leaving the image or [n0, n1). Returns
- * whether the pixels are one run of the grid (no shuffle needed). */
+ * whether the pixels are one run of the grid (no shuffle needed). The lanes are walked a row
+ * at a time, not a pixel at a time: lane l of output row j (counted from the cursor's) sits
+ * at grid column l + j * (WP - OW), so the row starts give every lane's index in a few vector
+ * operations, kept in registers (filling them pixel by pixel through memory was a fifth of a
+ * one-channel conv's time). */
 static int kiln_wide_next(kiln_wcursor* c, const kiln_conv_shape* s, int n1, const float* xp,
                           ptrdiff_t xstride, float* y, ptrdiff_t ystride, int n0,
                           kiln_wvec* v) {
-    const int wp = KILN_CG_GW(s), ow = s->OW;
-    const int q0 = c->oy * wp + c->ox;
-    int32_t idx[KILN_WL];
-    int len = 0, oy = c->oy, ox = c->ox;
-    while (len < KILN_WL && c->p + len < n1 && oy * wp + ox - q0 < 2 * KILN_WL) {
-        idx[len++] = oy * wp + ox - q0;
-        if (++ox == ow) ox = 0, ++oy;
+    const int wp = KILN_CG_GW(s), ow = s->OW, gap = wp - ow;
+    kiln_wi lane, idx;
+    for (int l = 0; l < KILN_WL; ++l) lane[l] = l;
+    int len = kiln_imin(KILN_WL, n1 - c->p), rows = 0;
+    idx = lane;
+    /* row j >= 1 starts at lane j * OW - ox; its lanes fit while l + j * gap < 2 * WL */
+    for (int j = 1, at = ow - c->ox; at < len; ++j, at += ow) {
+        if (at + j * gap >= 2 * KILN_WL) {
+            len = at;
+            break;
+        }
+        len = kiln_imin(len, 2 * KILN_WL - j * gap);
+        idx += (lane >= at) & gap;
+        rows = j;
     }
-    for (int l = len; l < KILN_WL; ++l) idx[l] = idx[len - 1];
-    v->b = xp + c->img * xstride + q0;
+    const int last = len - 1 + rows * gap; /* the grid column of the last lane */
+    idx = (kiln_wi)(((lane < len) & idx) | ((lane >= len) & last));
+    v->b = xp + c->img * xstride + c->oy * wp + c->ox;
     v->y = y + c->img * ystride + (c->p - n0);
     v->len = len;
-    for (int l = 0; l < KILN_WL; ++l) v->idx[l] = idx[l];
-    c->p += len, c->oy = oy, c->ox = ox;
+    v->idx = idx;
+    c->p += len;
+    c->ox += len;
+    while (c->ox >= ow) c->ox -= ow, c->oy += 1;
     if (c->p == n1) c->img += 1, c->p = n0, c->oy = n0 / ow, c->ox = n0 % ow;
-    return idx[len - 1] == len - 1;
+    return last == len - 1;
 }
 
 /* The tap offsets of the K rows on the grid (see kiln_conv_gemm.h): tap (ky, kx) at padded
- * (ty, tx) = (ky*dh, kx*dw) from the pixel is phase (ty%sh, tx%sw), (ty/sh, tx/sw) on. */
+ * (ty, tx) = (ky*dh, kx*dw) from the pixel is phase (ty%sh, tx%sw), (ty/sh, tx/sw) on. The
+ * row and column parts are apart, so the divisions run C*KH + KW times, not 4*C*KH*KW (they
+ * were most of this table's cost, which every call pays). The first KW entries (c = ky = 0,
+ * row part 0) are the column parts themselves, which the other rows add. */
 static void kiln_wide_offsets(const kiln_conv_shape* s, int32_t* offs) {
     const int gw = KILN_CG_GW(s), npx = KILN_CG_PX(s);
     const int32_t plane = KILN_CG_GH(s) * gw, chan = (int32_t)KILN_CG_GRID(s);
-    for (int c = 0, k = 0; c < s->C; ++c)
-        for (int ky = 0; ky < s->KH; ++ky)
-            for (int kx = 0; kx < s->KW; ++kx) {
-                const int ty = ky * s->dh, tx = kx * s->dw;
-                const int phase = ty % s->sh * npx + tx % s->sw;
-                offs[k++] = c * chan + phase * plane + ty / s->sh * gw + tx / s->sw;
-            }
+    for (int kx = 0; kx < s->KW; ++kx) {
+        const int tx = kx * s->dw;
+        offs[kx] = tx % s->sw * plane + tx / s->sw;
+    }
+    for (int c = 0, k = s->KW; c < s->C; ++c)
+        for (int ky = c == 0; ky < s->KH; ++ky) {
+            const int ty = ky * s->dh;
+            const int32_t row = c * chan + ty % s->sh * npx * plane + ty / s->sh * gw;
+            for (int kx = 0; kx < s->KW; ++kx) offs[k++] = row + offs[kx];
+        }
 }
 
 /* Pixels [n0, n1) of `images` padded images (xstride floats apart; their outputs ystride
