@@ -16,7 +16,13 @@ transformer layer), at 1 and 2 threads and batch 1 and 64, in one run side by si
   path `art.artifact.run(*arrays)`) and kiln int8 where `quantize="int8"` compiles.
 
 Timing: median ms per call. Each repetition times one block of calls per engine, round-robin
-across the engines, so drift (other processes, frequency) hits every engine alike. Each model
+across the engines, so drift (other processes, frequency) hits every engine alike. Before each
+block the process settles until no thread of another engine still spins (onnxruntime's intra-op
+workers spin ~35 ms after a run returns, `allow_spinning` on by default; libgomp's ~8 ms at its
+default spin count; measured per thread from /proc/self/task/*/schedstat), and a short call is
+run once untimed to wake the engine's own pool: no engine pays for the previous one's spinning
+workers (which had made kiln's 2-thread cells, timed right after onnxruntime and TVM, up to 3x
+slower than kiln alone), and every engine's spin settings stay its own defaults. Each model
 runs in its own child process (per-model peak RSS, and a hung torch.compile cannot stall the
 run). The script re-executes itself with glibc's MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_
 pinned so that large buffers are not mmapped/unmapped on every call (allocator noise), and with
@@ -42,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,9 +60,12 @@ ENGINES = ["eager", "torch.compile", "onnxruntime", "tvm", "kiln fp32", "kiln in
 PEERS = ["eager", "torch.compile", "onnxruntime", "tvm"]
 PINNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-"""Pinned for every engine alike. OMP_WAIT_POLICY=PASSIVE: torch and kiln each bring their own
-libgomp; with round-robin timing, one runtime's spinning workers otherwise steal the 2 cores
-from the next engine (measured here: kiln LeNet-5, 2 threads, batch 1, 0.18 ms vs 0.05 ms)."""
+"""Pinned for every engine alike. OMP_WAIT_POLICY=PASSIVE (libgomp only: torch, torch.compile
+and kiln, which share torch's libgomp.so.1 in one process; onnxruntime and TVM have their own
+pools): on this 2-core VM a libgomp worker left spinning at the default policy competes with
+every other runnable thread; measured with a loop of empty 2-thread regions 1 ms apart and
+other jobs running: median 19 ms per region at the default policy vs 18 µs PASSIVE (8 µs when
+back to back). `median_ms` settles between engines, so no engine inherits another's spin."""
 
 
 def reexec_pinned() -> None:
@@ -75,8 +85,14 @@ def _alarm(_sig: int, _frame: Any) -> None:
 
 
 def median_ms(fns: dict[str, Callable[[], Any]], seconds: float) -> dict[str, float]:
-    """Median ms per call for each fn, timed block by block, round-robin across the fns."""
+    """Median ms per call for each fn, timed block by block, round-robin across the fns.
+
+    Before each block the process settles (`settle`: no thread of another runtime still spins)
+    and, where a call is shorter than 10 ms, one untimed call wakes the engine's own pool; so
+    each engine is timed in its steady state, back-to-back calls, neither paying for the
+    previous engine's spinning workers nor for its own pool's wake-up."""
     blocks: dict[str, int] = {}
+    warm: dict[str, bool] = {}
     per_rep = 0.0
     for name, fn in fns.items():
         for _ in range(3):
@@ -85,17 +101,64 @@ def median_ms(fns: dict[str, Callable[[], Any]], seconds: float) -> dict[str, fl
         fn()
         once = max(time.perf_counter() - start, 1e-7)
         blocks[name] = max(1, int(0.002 / once))  # ≥ 2 ms per timed block
-        per_rep += blocks[name] * once
+        warm[name] = once < 0.01
+        per_rep += (blocks[name] + warm[name]) * once + settle()
     reps = max(7, min(300, int(seconds * len(fns) / max(per_rep, 1e-4))))
     samples: dict[str, list[float]] = {n: [] for n in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             n = blocks[name]
+            settle()
+            if warm[name]:
+                fn()
             start = time.perf_counter()
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - start) / n * 1e3)
     return {n: statistics.median(s) for n, s in samples.items()}
+
+
+SETTLE_WINDOW_S = 0.0005
+SETTLE_BUSY = 0.1
+SETTLE_MAX_S = 0.2
+"""`settle` waits until, over one window, the process's other threads ran (or waited to run)
+less than SETTLE_BUSY of it (at most SETTLE_MAX_S). Measured after one call at 2 threads
+(per-thread CPU from /proc/self/task/*/schedstat while the main thread sleeps): libgomp's
+worker (torch and kiln share torch's libgomp.so.1) spins ~8 ms (its default spin count),
+onnxruntime's intra-op worker ~35 ms (allow_spinning, on by default), TVM's under 1 ms."""
+
+
+def settle() -> float:
+    """Sleep until no other thread of this process burns CPU (a runtime's workers spinning for
+    work after its call returned); the seconds waited. Without /proc: one SETTLE_MAX_S pause."""
+    me = str(threading.get_native_id())
+    start = time.perf_counter()
+    try:
+        last, before = start, _others_cpu_ns(me)
+        while last - start < SETTLE_MAX_S:
+            time.sleep(SETTLE_WINDOW_S)
+            now, cpu = time.perf_counter(), _others_cpu_ns(me)
+            if cpu - before < SETTLE_BUSY * (now - last) * 1e9:
+                break
+            last, before = now, cpu
+    except OSError:
+        time.sleep(SETTLE_MAX_S)
+    return time.perf_counter() - start
+
+
+def _others_cpu_ns(me: str) -> int:
+    """Nanoseconds this process's threads other than `me` ran or were runnable so far (a spinning
+    worker preempted by another process still counts as busy)."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if tid != me:
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat") as f:
+                    run, wait = f.read().split()[:2]  # ns on a CPU, ns runnable but waiting
+                total += int(run) + int(wait)
+            except FileNotFoundError:  # the thread exited meanwhile
+                pass
+    return total
 
 
 def peak_gflops() -> float:

@@ -88,9 +88,9 @@ class CpuOptions:
     """`auto`: sparse kernels for encoded weights where faster; `off`: dense kernels only;
     `always`: sparse kernels regardless of the cost rule (benchmarks, tests)."""
     parallel_min_flops: int = PARALLEL_MIN_FLOPS
-    """With threads > 1: the least work (FLOPs per batch index) of a kernel whose blocks run
-    on several threads (default `kiln.codegen.c.options.PARALLEL_MIN_FLOPS`); 0: every
-    blockable kernel."""
+    """With threads > 1: the least work (FLOPs, or FLOP-equivalents of an elementwise pass) of
+    one OpenMP parallel region; smaller loops run serially (default
+    `kiln.codegen.c.options.PARALLEL_MIN_FLOPS`); 0: every loop that can run in parallel."""
     winograd: bool = True
     """3x3 stride-1 convs run Winograd where `winograd_anchor.winograd_tile` says it is faster;
     False: the implicit GEMM everywhere (A/B runs)."""

@@ -195,8 +195,14 @@ def test_second_compile_hits_the_cache(cache: Path, monkeypatch: pytest.MonkeyPa
 
 def test_threads_build_with_openmp(cache: Path) -> None:
     model, inputs = get_model("resnet8"), example_inputs("resnet8", 2)
-    art = kiln.compile(model, inputs, target="cpu", cache_dir=cache, threads=2)
+    # every region parallel (parallel_min_flops=0): the default cost rule leaves ResNet-8 at
+    # batch 2 serial, and this test is about the threaded code
+    art = kiln.compile(model, inputs, target="cpu", cache_dir=cache, threads=2,
+                       parallel_min_flops=0)
     assert "-fopenmp" in art.report()["flags"]
+    export = cache / "export"
+    art.export(export)
+    assert "#pragma omp parallel" in (export / "model.c").read_text()
     with torch.no_grad():
         want = model(*inputs).numpy()
     assert np.abs(art(*inputs).numpy() - want).max() <= 1e-4 * np.abs(want).max()

@@ -185,7 +185,11 @@ class KernelContext:
                                      inplace={})
         return KernelContext(self.op, CodeWriter(), shared, self.bound)
 
-    def parallel_for(self) -> str | None:
-        """The OpenMP pragma for a parallel outer loop, or None when single-threaded."""
+    def parallel_for(self, flops: int) -> str | None:
+        """The OpenMP pragma for a parallel outer loop doing `flops` of work in all (FLOPs, or
+        a pass's elements times `PASS_FLOPS_PER_ELEMENT`); None when single-threaded or when
+        the loop is too small to pay for waking the other threads (`COptions.parallel_worth`)."""
         threads = self.options.threads
-        return f"#pragma omp parallel for num_threads({threads})" if threads > 1 else None
+        if not self.options.parallel_worth(flops):
+            return None
+        return f"#pragma omp parallel for num_threads({threads})"

@@ -25,6 +25,7 @@ from kiln.codegen.c.expr import (
     is_pointwise,
     reads,
 )
+from kiln.codegen.c.options import pass_flops
 from kiln.ir.graph import Op, Value
 
 Shape = tuple[int, ...]
@@ -78,7 +79,7 @@ def emit_pointwise(ctx: KernelContext) -> None:
     env: dict[Value, Source] = {v: leaf_of(ctx, v) for v in op.operands}
     build_nodes([op], env, space)
     node = _as_node(env[result], space)
-    write_pass(ctx, space, [(ctx.ref(result), node)], ctx.parallel_for())
+    write_pass(ctx, space, [(ctx.ref(result), node)], ctx.parallel_for(pass_flops(space)))
     ctx.set_inplace(0, inplace_operands(ctx, [node], space, op.operands))
     ctx.note(f"elementwise {op.name.removeprefix('kiln.')}")
 
@@ -107,7 +108,7 @@ def emit_elementwise_group(ctx: KernelContext, ops: Sequence[Op], args: Sequence
     build_nodes(ops, env, space)
     nodes = [_as_node(env[y], space) for y in yields]
     stores = [(ctx.ref(r), n) for r, n in zip(fused.results, nodes)]
-    write_pass(ctx, space, stores, ctx.parallel_for())
+    write_pass(ctx, space, stores, ctx.parallel_for(pass_flops(space)))
     for i in range(len(fused.results)):
         ctx.set_inplace(i, inplace_operands(ctx, nodes, space, fused.operands))
     ctx.note("elementwise " + "+".join(op.name.removeprefix("kiln.") for op in ops))

@@ -13,7 +13,8 @@ Strategy, from cheapest:
 A block is a slab of columns (convolutions) or rows (linear, matmul); an epilogue operand that
 cannot be walked with a single index inside the slab (a broadcast over part of the
 flattened pixels, say) makes the block the whole output instead. With `threads > 1` the block
-loop is an OpenMP parallel loop, each thread with its own tile.
+loop is an OpenMP parallel loop, each thread with its own tile, where one region's work pays
+for waking the other threads (`COptions.parallel_worth`); else it is the threads=1 code.
 """
 
 from __future__ import annotations
@@ -141,24 +142,28 @@ class _Driver:
             else True
         if anchor.fixed_block:
             return anchor.fixed_block, n // anchor.fixed_block, single
-        if not single or (not self.tiled and options.threads == 1):
+        parallel = self.worth_threads()  # else blocked exactly as with threads=1
+        if not single or (not self.tiled and not parallel):
             return n, 1, single
         other = view.cols_n if view.by_rows else view.rows_n
         unit = 1 if isinstance(anchor, DirectConvAnchor) else (
             options.mr if view.by_rows else options.nr)
         size = max(unit, TILE_FLOATS // max(other, 1) // unit * unit)
-        if options.threads > 1:
+        if parallel:
             share = -(-n // options.threads)  # ceil(n / threads): one block per thread
             size = min(size, -(-share // unit) * unit)
         size = min(size, n)
         return size, -(-n // size), single
 
+    def index_flops(self) -> int:
+        """The anchor's FLOPs per batch index: the work of one parallel region of blocks."""
+        batches = math.prod(self.space[d] for d in self.view.batch)
+        return op_flops(self.group.anchor) // max(batches, 1)
+
     def worth_threads(self) -> bool:
         """Whether one parallel region (the blocks of one batch index) has enough work to pay
-        for waking the other threads (`COptions.parallel_min_flops`)."""
-        batches = math.prod(self.space[d] for d in self.view.batch)
-        least = self.ctx.options.parallel_min_flops
-        return op_flops(self.group.anchor) // max(batches, 1) >= least
+        for waking the other threads (`COptions.parallel_worth`)."""
+        return self.ctx.options.parallel_worth(self.index_flops())
 
     # -- emission -----------------------------------------------------------------------------
     def emit(self) -> None:
@@ -194,8 +199,8 @@ class _Driver:
         call per block of batch indices, one block per thread, straight into the result."""
         ctx, anchor = self.ctx, self.anchor
         n = math.prod(self.space[d] for d in self.view.batch)
-        worth = op_flops(self.group.anchor) >= ctx.options.parallel_min_flops
-        threads = ctx.options.threads if n > 1 and worth else 1
+        flops = op_flops(self.group.anchor)
+        threads = ctx.options.threads if n > 1 and ctx.options.parallel_worth(flops) else 1
         size = -(-n // threads)
         count = -(-n // size)
         threads = min(threads, count)
@@ -207,7 +212,7 @@ class _Driver:
             with ctx.w.block(""):
                 anchor.images("0", str(n), out, lo, hi)
             return
-        pragma = ctx.parallel_for() if threads > 1 else None
+        pragma = ctx.parallel_for(flops) if threads > 1 else None
         if pragma:
             ctx.w.line(pragma)
         with ctx.w.block(f"for (int blk = 0; blk < {count}; ++blk)"):
@@ -256,7 +261,7 @@ class _Driver:
             ctx.w = self.actx.w = w
         text = body.text()
         if count > 1 and threads > 1:
-            pragma = ctx.parallel_for()
+            pragma = ctx.parallel_for(self.index_flops())
             if pragma:
                 w.line(pragma)
         with w.block(f"for (int blk = 0; blk < {count}; ++blk)" if count > 1 else ""):

@@ -47,6 +47,7 @@ from kiln.codegen.c.expr import (
     template,
     view_strides,
 )
+from kiln.codegen.c.options import pass_flops
 from kiln.codegen.c.params import float_literal
 from kiln.ir.fusion_rules import Rows, rows_of
 from kiln.ir.graph import Op, Value
@@ -100,7 +101,7 @@ class RowProgram:
                         for d, s in enumerate(self.space) if d in self.axes and s > 1]
         self.kept = kept
         self.row_nest = LoopNest(self.space, kept)
-        with self.row_nest.open(ctx.w, ctx.parallel_for()):
+        with self.row_nest.open(ctx.w, ctx.parallel_for(pass_flops(self.space))):
             self.row_stmts = Statements(ctx.w, self.row_nest, ctx.shared.temps)
             for op in self.ops:
                 self.step(op)
@@ -306,7 +307,7 @@ def _emit_chain_then_kernel(ctx: KernelContext, ops: Sequence[Op], args: dict[Va
     source = env[x]
     node = (Read(source.buffer, contiguous_strides(space), source.offset)
             if isinstance(source, Leaf) else source)
-    write_pass(ctx, space, [(y, node)], ctx.parallel_for())
+    write_pass(ctx, space, [(y, node)], ctx.parallel_for(pass_flops(space)))
     ctx.w.line(call)
     # The kernel reads its affine parameters after the pass has written the result: a
     # parameter the chain also reads at full shape must not be the buffer it overwrites.
