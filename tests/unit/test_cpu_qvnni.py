@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import platform
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,17 @@ from kiln.codegen.c import emit_qvnni
 from kiln.ir import requant
 from kiln.ir.parser import parse
 from kiln.targets.toolchains import gcc
+from kiln.testing.runtime_lib import build_runtime_library
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None or
                                 platform.machine() not in ("x86_64", "AMD64"),
                                 reason="needs gcc on x86-64")
+
+LIB_FUNCTIONS = ("kiln_qchannels", "kiln_qconv_vnni", "kiln_qdw_vnni", "kiln_qpack",
+                 "kiln_qpack_images", "kiln_qpack_rows", "kiln_qtiles", "kiln_qtiles_images",
+                 "kiln_qvnni_enabled")
+"""The runtime functions these tests call through ctypes; `build_runtime_library` builds the
+sources they link (`runtime_deps.linked_sources`)."""
 
 
 class Geom(ctypes.Structure):
@@ -51,14 +57,7 @@ def ptr(a: np.ndarray) -> ctypes.c_void_p:
 @pytest.fixture(scope="module", params=["native", "x86-64-v2"])
 def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     work = tmp_path_factory.mktemp(f"qvnni-{request.param}")
-    root = resources.files("kiln.codegen.c").joinpath("runtime")
-    sources = ["kiln_qgemm.c", "kiln_qvnni.c", "kiln_qpack.c"]
-    for name in ("kiln_qgemm.h", "kiln_qvnni.h", *sources):
-        (work / name).write_text(root.joinpath(name).read_text())
-    flags = [*gcc.flags(request.param, 1, False), "-Werror", "-fvisibility=default"]
-    out = gcc.compile_c(gcc.find("gcc"), work, sources, "libq.so",
-                        flags, shared=True)
-    return ctypes.CDLL(str(out))
+    return ctypes.CDLL(str(build_runtime_library(work, request.param, *LIB_FUNCTIONS)))
 
 
 def reference_conv(x: np.ndarray, w: np.ndarray, zx: int, stride: tuple[int, int],
