@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
 from kiln.codegen.c.context import KernelContext
+from kiln.codegen.c.emit_qgate import packing_qmul
 from kiln.codegen.c.emit_qnn import is_int8
 from kiln.ir.graph import Op, Value
 from kiln.ir.ops.base import OpDef
@@ -209,7 +210,7 @@ def _plus(expr: str, var: str, stride: int) -> str:
     return term if expr == "0L" else f"{expr} + {term}"
 
 
-QELTWISE_KERNELS: dict[type[OpDef], Emitter] = {QLut: emit_qlut, QMul: emit_qmul}
+QELTWISE_KERNELS: dict[type[OpDef], Emitter] = {QLut: emit_qlut, QMul: packing_qmul(emit_qmul)}
 """Kernels of `kiln/ir/ops/qnn_eltwise.py` (registered in `kernels.py`)."""
 
 __all__ = ["QELTWISE_KERNELS", "broadcast_loops", "byte_table", "emit_qlut", "emit_qmul",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kiln.codegen.c import emit_qvnni
+from kiln.codegen.c import emit_qdw, emit_qgate, emit_qvnni
 from kiln.codegen.c.context import KernelContext
 from kiln.codegen.c.emit_qeltwise import emit_qadd, emit_qreduce_mean, emit_qrescale
 from kiln.codegen.c.emit_qeltwise import emit_qmax_pool as emit_qmax_pool
@@ -304,30 +304,40 @@ def emit_qconv(ctx: KernelContext) -> None:
         _qconv_int16(ctx, ctx.scratch(need))
         ctx.note(f"{title} im2col+int16 gemm")
         return
-    scratch = ctx.scratch(max(need, conv.scratch_floats()))
+    direct = emit_qdw.plan(op, conv)  # depthwise read in place (kiln_qdw.h)
+    own = conv.scratch_floats() if direct is None else emit_qdw.scratch_floats(conv.groups)
+    scratch = ctx.scratch(max(need, own))
     ctx.w.line("#if KILN_QVNNI")
-    _qconv_vnni(ctx, conv, scratch)
+    _qconv_vnni(ctx, conv, scratch, direct)
     ctx.w.line("#else")
     _qconv_int16(ctx, scratch)
     ctx.w.line("#endif")
-    ctx.note(f"{title} vnni {'depthwise' if conv.depthwise else 'direct'} (int16 fallback)")
+    kind = "depthwise direct" if direct else "depthwise" if conv.depthwise else "direct"
+    ctx.note(f"{title} vnni {kind} (int16 fallback)")
 
 
-def _qconv_vnni(ctx: KernelContext, conv: emit_qvnni.VnniConv, scratch: str) -> None:
+def _qconv_vnni(ctx: KernelContext, conv: emit_qvnni.VnniConv, scratch: str,
+                direct: emit_qdw.DwGeom | None = None) -> None:
     """Per call of `conv.images` images (and group): pack the padded input, convolve,
-    requantize, store NCHW."""
+    requantize, store NCHW (`direct`: a depthwise one reading NCHW in place)."""
     op = ctx.op
     assert isinstance(op.kind, (QConv1d, QConv2d))
     x, y = op.operands[0], op.results[0]
     zx = emit_qvnni.input_zero_point(ctx)
     weights = _vnni_weights(ctx, conv, zx)
+    if direct is not None:
+        return emit_qdw.emit(ctx, direct, weights, _unsigned(x), zx, scratch)
     emit_qvnni.emit_scratch(ctx, conv, scratch)
     if conv.rows:
         return emit_qvnni.emit_rows(ctx, conv, weights, _unsigned(x), zx)
     geo = _conv_geometry(op.kind, x.type.rank - 2).split(", ")
     ctx.w.line(f"const {_ctype(x)}* X = (const {_ctype(x)}*){ctx.ref(x)};")
     ctx.w.line(f"{_ctype(y)}* Y = ({_ctype(y)}*){ctx.ref(y)};")
-    emit_qvnni.emit_images(ctx, conv, weights, _unsigned(x), zx, int(geo[2]), int(geo[3]))
+    gated = emit_qgate.prepacked(op)  # the input arrives packed by the SE gate's qmul
+    if gated is not None:
+        emit_qgate.emit_conv_prologue(ctx, gated)
+    emit_qvnni.emit_images(ctx, conv, weights, _unsigned(x), zx, int(geo[2]), int(geo[3]),
+                           None if gated is None else gated.stack_line())
 
 
 def _qconv_int16_scratch(op: Op) -> int:

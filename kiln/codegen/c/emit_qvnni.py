@@ -247,15 +247,18 @@ def emit_rows(ctx: KernelContext, conv: VnniConv, weights: str, unsigned: int, z
 
 
 def emit_images(ctx: KernelContext, conv: VnniConv, weights: str, unsigned: int, zx: int,
-                pt: int, pl: int) -> None:
+                pt: int, pl: int, packed: str | None = None) -> None:
     """The batch loop of a convolution: per call `conv.images` images (and per group) packed,
-    convolved, requantized, stored NCHW (`X`, `Y`: the input and output)."""
+    convolved, requantized, stored NCHW (`X`, `Y`: the input and output). `packed`: the
+    statement replacing the pack call where the input arrives packed (`emit_qgate`)."""
     xs, ys = ctx.op.operands[0].type.shape, ctx.op.results[0].type.shape
     h, w = (1 if len(xs) == 3 else xs[2]), xs[-1]
     plane, out_plane, n = h * w, conv.oh * conv.ow, conv.images
     channels = xs[1] if conv.depthwise else conv.cin
 
     def pack(x: str) -> str:
+        if packed is not None:
+            return packed
         where = f"{unsigned}, {zx}, {channels}, {h}, {w}, {pt}, {pl}"
         if n == 1:
             return f"kiln_qpack({x}, {where}, &geo, P);"

@@ -49,12 +49,13 @@ RUNTIME_HEADERS = ("kiln_runtime.h", "kiln_vec.h", "kiln_math.h", "kiln_gemm.h",
                    "kiln_dwconv.h", "kiln_pool.h", "kiln_norm.h", "kiln_qgemm.h", "kiln_qmatmul.h",
                    "kiln_sparse.h", "kiln_qvnni.h", "kiln_winograd.h", "kiln_winograd_vec.h",
                    "kiln_pwconv.h",
-                   "kiln_qops.h")
+                   "kiln_qops.h", "kiln_qdw.h")
 RUNTIME_SOURCES = ("kiln_gemm.c", "kiln_gemm_bpanel.c", "kiln_conv.c", "kiln_conv_gemm.c",
                    "kiln_dwconv.c",
                    "kiln_pool.c", "kiln_norm.c", "kiln_qvnni.c", "kiln_qpack.c",
                    "kiln_qgemm.c", "kiln_qmatmul.c", "kiln_sparse.c", "kiln_runtime.c",
-                   "kiln_winograd.c", "kiln_winograd_pad.c", "kiln_pwconv.c", "kiln_qops.c")
+                   "kiln_winograd.c", "kiln_winograd_pad.c", "kiln_pwconv.c", "kiln_qops.c",
+                   "kiln_qdw.c")
 """The runtime's compiled part: each file built once per machine and flags, and linked with
 the models that call into it (`runtime_deps.linked_sources`)."""
 CFLAGS = ("-std=c99", "-O3", "-ffp-contract=fast", "-fno-math-errno")

@@ -1,5 +1,6 @@
 /* kiln_qops.h: the int8 elementwise kernels of the cpu target (kiln.qadd, kiln.qmul with a
- * loop-invariant operand), bit-exact with kiln/ir/requant.py.
+ * loop-invariant operand, also written packed for the convolution reading it, and the row sums
+ * of kiln.qreduce_mean), bit-exact with kiln/ir/requant.py.
  *
  * Why a runtime file: the straight C of these ops multiplies in int64 per element, and GCC
  * vectorizes that into 64-bit lane multiplies with widening shuffles, about 2 cycles an element.
@@ -34,6 +35,12 @@
 #else
 #define KILN_QOPS_AVX512 0
 #endif
+/* 1 where kiln_qmul_pack4 interleaves channels by vpermb (AVX-512 VBMI). */
+#if KILN_QOPS_AVX512 && defined(__AVX512VBMI__)
+#define KILN_QOPS_PACK4 1
+#else
+#define KILN_QOPS_PACK4 0
+#endif
 
 /* One operand's rescale in the split form above (a is the stored value). */
 typedef struct {
@@ -57,5 +64,33 @@ void kiln_qadd(const void* a, const kiln_qterm* ta, const void* b, const kiln_qt
 /* kiln.qmul with a loop-invariant second factor g = b - zb: y = out((x - zx) * g), n elements. */
 void kiln_qmul_invariant(const void* x, int x_unsigned, int32_t zx, int32_t g,
                          const kiln_qout* out, long n, void* y);
+
+/* kiln_qmul_invariant of a tensor [N][C][HW] by the gates [N][C] (g = gate - zg per image and
+ * channel: the squeeze-excitation product), written straight into the elem-4 packed layout of
+ * the 1x1 convolution that is its only reader (kiln_qvnni.h, kiln_qpack_images), so the
+ * product is never stored NCHW and packed again. Images go in stacks of `images` (N a
+ * multiple): stack s is HW * 4 * images * ceil(C / 4) bytes from P + s times that, its plane
+ * c / 4 holds image i at i * HW * 4 bytes, pixel p's 4 bytes at 4p (byte c % 4). Each byte is
+ * the qmul's stored byte ^ flip (0x80: an int8 result read as uint8); channels past C hold
+ * pad. No slack is written: the reader copies the last stack into its own padded scratch.
+ * `tables` (256 * 256 bytes of scratch, or NULL): with AVX-512 VBMI, each gate value met gets
+ * a table of its 256 results, and rows are looked up 64 bytes at a time (long rows: far
+ * fewer instructions than the arithmetic per element); NULL computes every element. */
+void kiln_qmul_pack4(const void* x, int x_unsigned, int32_t zx, const void* gate,
+                     int gate_unsigned, int32_t zg, const kiln_qout* out, int flip, int pad,
+                     int C, long HW, int N, int images, uint8_t* tables, uint8_t* P);
+
+/* The sum of the stored values of each of `rows` rows of `count` bytes (count * 255 < 2^31):
+ * kiln.qreduce_mean's numerator, by byte sums of absolute differences (vpsadbw), 4 rows a
+ * vector when count is 16 (GCC's own loop widened every byte to 32 bits and summed each row
+ * horizontally). */
+void kiln_qrow_sums(const void* x, int x_unsigned, long rows, long count, int32_t* sums);
+
+/* The packed input of stack `stack` (of `stacks`, `bytes` each) of a kiln_qmul_pack4 buffer,
+ * for the convolution to read in place: inside the buffer, whose next stack serves as the
+ * slack the VNNI tiles may read past it; the last stack, which has no such slack in the
+ * buffer, copied into `scratch` (bytes + 128, the slack zeroed). */
+uint8_t* kiln_qpacked_stack(const void* packed, int stack, int stacks, long bytes,
+                            uint8_t* scratch);
 
 #endif

@@ -26,6 +26,7 @@
 #include "kiln_qgemm.h"
 #include "kiln_qmatmul.h"
 #include "kiln_qops.h"
+#include "kiln_qdw.h"
 #include "kiln_sparse.h"
 #include "kiln_winograd.h"
 
