@@ -142,11 +142,21 @@ def model_h(model: str, prefix: str, inputs: Sequence[Tensor], outputs: Sequence
 
 
 _HELPERS = """\
-/* A block of `bytes` bytes aligned to 64 (C99 has no aligned_alloc): free(*base) later. */
+/* A block of `bytes` bytes aligned to 64 (C99 has no aligned_alloc): free(*base) later. Under
+ * AddressSanitizer exactly `bytes` (POSIX posix_memalign), so that a kernel reading past the
+ * arena or the weights is reported instead of landing in the alignment slack. */
+#if defined(__SANITIZE_ADDRESS__)
+int posix_memalign(void** memptr, size_t alignment, size_t size);
+#endif
 static void* aligned_block(size_t bytes, void** base) {
+#if defined(__SANITIZE_ADDRESS__)
+    if (posix_memalign(base, 64, bytes > 0 ? bytes : 1) != 0) *base = NULL;
+    return *base;
+#else
     *base = malloc(bytes + 64);
     if (*base == NULL) return NULL;
     return (void*)(((uintptr_t)*base + 63) & ~(uintptr_t)63);
+#endif
 }
 
 static int read_exact(FILE* f, void* dst, size_t bytes) {
@@ -199,7 +209,7 @@ def _example_main(w: CodeWriter, prefix: str, up: str, inputs: Sequence[Tensor],
     w.line(f"int rc = {prefix}_init(weights, {up}_WEIGHTS_BYTES);")
     w.line('if (rc != 0) { fprintf(stderr, "init failed: %d\\n", rc); return 3; }')
     w.line("void* arena_base = NULL;")
-    w.line(f"void* arena = aligned_block({up}_ARENA_BYTES + 64, &arena_base);")
+    w.line(f"void* arena = aligned_block({up}_ARENA_BYTES, &arena_base);")
     args = [f"in{i}" for i in range(len(inputs))] + [f"out{j}" for j in range(len(outputs))]
     w.line(f"rc = {prefix}_run({', '.join([*args, 'arena'])});")
     w.line('if (rc != 0) { fprintf(stderr, "run failed: %d\\n", rc); return 4; }')

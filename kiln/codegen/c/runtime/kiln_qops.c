@@ -338,7 +338,9 @@ void kiln_qmul_pack4(const void* x, int x_unsigned, int32_t zx, const void* gate
 uint8_t* kiln_qpacked_stack(const void* packed, int stack, int stacks, long bytes,
                             uint8_t* scratch) {
     const uint8_t* p = (const uint8_t*)packed + (long)stack * bytes;
-    if (stack + 1 < stacks) return (uint8_t*)(uintptr_t)p; /* only read by the caller */
+    /* in place where the stacks after it in the buffer cover the 128 bytes the tiles may read
+     * past it (only read by the caller); small stacks near the end are copied */
+    if ((long)(stacks - 1 - stack) * bytes >= 128) return (uint8_t*)(uintptr_t)p;
     memcpy(scratch, p, (size_t)bytes);
     memset(scratch + bytes, 0, 128);
     return scratch;

@@ -87,9 +87,9 @@ void kiln_qmul_pack4(const void* x, int x_unsigned, int32_t zx, const void* gate
 void kiln_qrow_sums(const void* x, int x_unsigned, long rows, long count, int32_t* sums);
 
 /* The packed input of stack `stack` (of `stacks`, `bytes` each) of a kiln_qmul_pack4 buffer,
- * for the convolution to read in place: inside the buffer, whose next stack serves as the
- * slack the VNNI tiles may read past it; the last stack, which has no such slack in the
- * buffer, copied into `scratch` (bytes + 128, the slack zeroed). */
+ * for the convolution to read in place: inside the buffer when the stacks after it hold the
+ * 128 bytes of slack the VNNI tiles may read past it; otherwise (the last stack, and small
+ * stacks near the end) copied into `scratch` (bytes + 128, the slack zeroed). */
 uint8_t* kiln_qpacked_stack(const void* packed, int stack, int stacks, long bytes,
                             uint8_t* scratch);
 
