@@ -249,8 +249,16 @@ GENERATED = [  # input shape, kernel, stride, storage
 ]
 
 
-@pytest.mark.parametrize("sanitize", [False, True], ids=["plain", "sanitized"])
-@pytest.mark.parametrize("case", GENERATED, ids=["b1-s1", "b3-s2-odd", "b2-s1", "b5-s2"])
+GENERATED_IDS = ["b1-s1", "b3-s2-odd", "b2-s1", "b5-s2"]
+SANITIZED_DEFAULT = "b3-s2-odd"
+"""The one generated case also sanitized in the default run (~25 s each: a sanitized runtime
+build and run); the others' sanitized runs are marked slow (`make test-slow`)."""
+
+
+@pytest.mark.parametrize("case,sanitize", [
+    pytest.param(case, sanitize, id=f"{name}-{'sanitized' if sanitize else 'plain'}",
+                 marks=pytest.mark.slow if sanitize and name != SANITIZED_DEFAULT else ())
+    for case, name in zip(GENERATED, GENERATED_IDS) for sanitize in (False, True)])
 def test_generated_depthwise_is_bit_exact(case: tuple, sanitize: bool,
                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     xs, k, stride, storage = case
