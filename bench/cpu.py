@@ -22,7 +22,8 @@ workers spin ~35 ms after a run returns, `allow_spinning` on by default; libgomp
 default spin count; measured per thread from /proc/self/task/*/schedstat), and a short call is
 run once untimed to wake the engine's own pool: no engine pays for the previous one's spinning
 workers (which had made kiln's 2-thread cells, timed right after onnxruntime and TVM, up to 3x
-slower than kiln alone), and every engine's spin settings stay its own defaults. Each model
+slower than kiln alone); spin settings are not changed for that (onnxruntime and TVM keep
+their defaults; libgomp's engines run PASSIVE, see `PINNED_ENV`). Each model
 runs in its own child process (per-model peak RSS, and a hung torch.compile cannot stall the
 run). The script re-executes itself with glibc's MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_
 pinned so that large buffers are not mmapped/unmapped on every call (allocator noise), and with
