@@ -49,7 +49,7 @@ RUNTIME_HEADERS = ("kiln_runtime.h", "kiln_vec.h", "kiln_math.h", "kiln_gemm.h",
                    "kiln_dwconv.h", "kiln_pool.h", "kiln_norm.h", "kiln_qgemm.h", "kiln_qmatmul.h",
                    "kiln_sparse.h", "kiln_qvnni.h", "kiln_winograd.h", "kiln_winograd_vec.h",
                    "kiln_pwconv.h",
-                   "kiln_qops.h", "kiln_qdw.h")
+                   "kiln_qops.h", "kiln_qdw.h", "kiln_qrequant.h")
 RUNTIME_SOURCES = ("kiln_gemm.c", "kiln_gemm_bpanel.c", "kiln_conv.c", "kiln_conv_gemm.c",
                    "kiln_dwconv.c",
                    "kiln_pool.c", "kiln_norm.c", "kiln_qvnni.c", "kiln_qpack.c",

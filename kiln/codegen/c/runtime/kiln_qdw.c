@@ -1,5 +1,6 @@
 /* kiln_qdw.c: see kiln_qdw.h. */
 #include "kiln_qdw.h"
+#include "kiln_qrequant.h"
 
 #if KILN_QVNNI
 #include <immintrin.h>
@@ -7,38 +8,6 @@
 
 #if KILN_QVNNI
 #define KILN_QDW_INLINE static inline __attribute__((always_inline))
-
-/* 16 lanes (bias included) requantized to bytes, as kiln_qvnni.c's stores: mode 0 through the
- * int64 rounding multiply-shift; else the int32 form (hi32 of the product + round, with zo
- * folded in, shifted), clamped by min/max (1) or the saturating narrowing (2 signed, 3
- * unsigned). */
-KILN_QDW_INLINE __m128i kiln_qdw_requant16(__m512i acc, const kiln_qch* k, int mode) {
-    const __m512i m = _mm512_set1_epi32(k->mult);
-    __m512i e = _mm512_mul_epi32(acc, m);
-    __m512i o = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), m);
-    __m512i y;
-    if (mode) {
-        const __m512i high = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19,
-                                              3, 17, 1);
-        y = _mm512_permutex2var_epi32(e, high, o);
-        y = _mm512_srav_epi32(_mm512_add_epi32(y, _mm512_set1_epi32(k->round)),
-                              _mm512_set1_epi32(k->shift));
-        y = _mm512_max_epi32(y, _mm512_set1_epi32(k->lo));
-        if (mode == 2) return _mm512_cvtsepi32_epi8(y);
-        if (mode == 3) return _mm512_cvtusepi32_epi8(y);
-        return _mm512_cvtepi32_epi8(_mm512_min_epi32(y, _mm512_set1_epi32(k->hi)));
-    }
-    const __m512i round = _mm512_set1_epi64((int64_t)1 << (k->t - 1));
-    const __m512i lo = _mm512_set1_epi64((int64_t)k->lo - k->zo);
-    const __m512i hi = _mm512_set1_epi64((int64_t)k->hi - k->zo);
-    const __m128i t = _mm_cvtsi32_si128(k->t);
-    e = _mm512_sra_epi64(_mm512_add_epi64(e, round), t);
-    o = _mm512_sra_epi64(_mm512_add_epi64(o, round), t);
-    e = _mm512_min_epi64(_mm512_max_epi64(e, lo), hi);
-    o = _mm512_min_epi64(_mm512_max_epi64(o, lo), hi);
-    y = _mm512_mask_blend_epi32((__mmask16)0xAAAA, e, _mm512_slli_epi64(o, 32));
-    return _mm512_cvtepi32_epi8(_mm512_add_epi32(y, _mm512_set1_epi32(k->zo)));
-}
 
 /* One tile of every channel of one image: the window by one or two masked loads, flipped to
  * uint8, then per kernel row one two-source byte permute (the second source: the second
@@ -67,7 +36,7 @@ KILN_QDW_INLINE void kiln_qdw_tile(const kiln_qdwtile* t, int kh, int two, const
             const __m512i q = _mm512_permutex2var_epi8(w0, idx[ky], w1);
             acc = _mm512_dpbusd_epi32(acc, q, _mm512_set1_epi32(B[(long)c * kh + ky]));
         }
-        _mm_mask_storeu_epi8(o, store, kiln_qdw_requant16(acc, ch + c, mode));
+        _mm_mask_storeu_epi8(o, store, kiln_qrequant16(acc, ch + c, mode));
     }
 }
 
