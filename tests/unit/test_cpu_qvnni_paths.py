@@ -23,6 +23,7 @@ from kiln.ir import requant
 from kiln.ir.graph import Module
 from kiln.ir.parser import parse
 from kiln.targets.toolchains import gcc
+from kiln.testing.qvnni_ctypes import Geom, Requant, ptr
 from kiln.testing.runtime_lib import build_runtime_library
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None or
@@ -36,25 +37,10 @@ LIB_FUNCTIONS = ("kiln_qchannels", "kiln_qconv_vnni", "kiln_qdw_vnni", "kiln_qpa
 sources they link (`runtime_deps.linked_sources`)."""
 
 
-class Geom(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int) for n in
-                ("hp", "wp", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "elem")]
-
-
 class Tile(ctypes.Structure):
     _fields_ = [("base", ctypes.c_int32), ("p0", ctypes.c_int32), ("count", ctypes.c_int32),
                 ("dense", ctypes.c_int32), ("hi", ctypes.c_int32),
                 ("idx", ctypes.c_uint8 * 64)]
-
-
-class Requant(ctypes.Structure):
-    _fields_ = [("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
-                ("shift", ctypes.c_void_p), ("per_channel", ctypes.c_int), ("zo", ctypes.c_int),
-                ("lo", ctypes.c_int), ("hi", ctypes.c_int), ("out_unsigned", ctypes.c_int)]
-
-
-def ptr(a: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(a.ctypes.data)
 
 
 @pytest.fixture(scope="module", params=["native", "x86-64-v2"])

@@ -25,6 +25,7 @@ import pytest
 from kiln.codegen.c import emit_qvnni
 from kiln.ir import requant
 from kiln.targets.toolchains import gcc
+from kiln.testing.qvnni_ctypes import Geom, Requant, ptr
 from kiln.testing.runtime_lib import build_runtime_library, build_sanitized_harness
 
 pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None or
@@ -33,21 +34,6 @@ pytestmark = pytest.mark.skipif(gcc.shutil.which("gcc") is None or
 
 FUNCTIONS = ("kiln_qconv_vnni", "kiln_qchannels", "kiln_qtiles", "kiln_qpack",
              "kiln_qvnni_enabled")
-
-
-class Geom(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int) for n in
-                ("hp", "wp", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "elem")]
-
-
-class Requant(ctypes.Structure):
-    _fields_ = [("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
-                ("shift", ctypes.c_void_p), ("per_channel", ctypes.c_int), ("zo", ctypes.c_int),
-                ("lo", ctypes.c_int), ("hi", ctypes.c_int), ("out_unsigned", ctypes.c_int)]
-
-
-def ptr(a: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(a.ctypes.data)
 
 
 @pytest.fixture(scope="module", params=["native", "x86-64-v2"])
